@@ -1,0 +1,164 @@
+"""Top-down face crops from COCO keypoint files, with training augmentation and heatmap targets.
+
+Each sample is one annotated face: its box is padded to a square, warped (with augmentation
+when training) into an input_size x input_size crop, and its landmarks follow the same affine
+transform (geometry.py holds the conventions). Images stay uint8; the model normalises them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from geometry import apply_affine, box_to_center_size, crop_affine, flip_points, warp_image
+
+
+class DataError(ValueError):
+    """An annotation file or keypoint metadata that cannot be used; the message says why."""
+
+
+@dataclass
+class Augmentation:
+    """Random training augmentation; every probability or range at 0 switches its piece off."""
+    scale: float = 0.25         # crop side multiplied by a factor in [1 - scale, 1 + scale]
+    rotation: float = 30.0      # degrees, uniform in [-rotation, rotation]
+    shift: float = 0.1          # crop centre moved by up to this fraction of the crop side
+    flip_prob: float = 0.5      # horizontal mirror, landmarks reordered with flip_index
+    color: float = 0.3          # brightness, contrast and saturation factors in [1 - c, 1 + c]
+    blur_prob: float = 0.1      # Gaussian blur
+    noise_prob: float = 0.1     # additive Gaussian pixel noise
+    erase_prob: float = 0.3     # occlusion: one random rectangle filled with noise
+
+
+def validate_keypoint_meta(meta: dict, source: str) -> None:
+    """Refuse metadata whose flip_index or iod_pair cannot be right."""
+    k = meta["num_keypoints"]
+    flip = meta["flip_index"]
+    if sorted(flip) != list(range(k)):
+        raise DataError(f"{source}: flip_index is not a permutation of 0..{k - 1}")
+    if any(flip[flip[i]] != i for i in range(k)):
+        raise DataError(f"{source}: flip_index is not its own inverse (flip twice must be identity)")
+    iod = meta.get("iod_pair")
+    if iod is None or len(iod) != 2 or not all(0 <= int(i) < k for i in iod) or iod[0] == iod[1]:
+        raise DataError(f"{source}: iod_pair {iod} must be two different landmark indices below {k}")
+
+
+def load_coco(ann_file: str | Path) -> tuple[list[dict], dict, str | None]:
+    """Records (file, box_xyxy, keypoints Kx2), keypoint metadata and the data root it names."""
+    try:
+        with open(ann_file, encoding="utf-8") as f:
+            coco = json.load(f)
+        category = coco["categories"][0]
+        images = {image["id"]: image for image in coco["images"]}
+        meta = {
+            "keypoints": list(category["keypoints"]),
+            "num_keypoints": len(category["keypoints"]),
+            "flip_index": [int(i) for i in category["flip_index"]],
+            "iod_pair": [int(i) for i in category["iod_pair"]],
+            "regions": category.get("regions") or {},
+        }
+        records = []
+        for ann in coco["annotations"]:
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            records.append({
+                "file": images[ann["image_id"]]["file_name"],
+                "box": np.array([x, y, x + w, y + h], dtype=np.float64),
+                "keypoints": np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3)[:, :2],
+            })
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise DataError(f"{ann_file}: not a usable COCO keypoints file ({type(err).__name__}: {err})") from None
+    validate_keypoint_meta(meta, str(ann_file))
+    bad = [r["file"] for r in records if r["keypoints"].shape != (meta["num_keypoints"], 2)]
+    if bad:
+        raise DataError(f"{ann_file}: {bad[0]} does not have {meta['num_keypoints']} keypoints")
+    return records, meta, coco.get("info", {}).get("data_root")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 image, or DataError naming the file."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"{path}: cannot read image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def heatmap_targets(points: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
+    """Gaussian maps (B, K, H, W), peak 1, centred at sub-pixel heatmap points (B, K, 2)."""
+    xs = torch.arange(width, device=points.device, dtype=points.dtype)
+    ys = torch.arange(height, device=points.device, dtype=points.dtype)
+    gx = torch.exp(-((xs - points[..., 0:1]) ** 2) / (2 * sigma**2))  # (B, K, W)
+    gy = torch.exp(-((ys - points[..., 1:2]) ** 2) / (2 * sigma**2))  # (B, K, H)
+    return gy[..., :, None] * gx[..., None, :]
+
+
+class LandmarkDataset(Dataset):
+    """Face crops and their landmarks from one COCO keypoints file."""
+
+    def __init__(self, ann_file: str | Path, data_root: str | Path | None, input_size: int,
+                 padding: float = 1.25, augmentation: Augmentation | None = None):
+        self.records, self.meta, info_root = load_coco(ann_file)
+        root = data_root if data_root is not None else info_root
+        if root is None:
+            raise DataError(f"{ann_file}: names no data root; pass --data-root")
+        self.data_root = Path(root)
+        self.input_size = input_size
+        self.padding = padding
+        self.augmentation = augmentation
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        image = read_image(self.data_root / record["file"])
+        center, size = box_to_center_size(record["box"], self.padding)
+        aug = self.augmentation
+        rotation, flip = 0.0, False
+        if aug is not None:
+            size *= np.random.uniform(1 - aug.scale, 1 + aug.scale)
+            center = center + np.random.uniform(-aug.shift, aug.shift, size=2) * size
+            rotation = np.random.uniform(-aug.rotation, aug.rotation)
+            flip = np.random.rand() < aug.flip_prob
+        matrix = crop_affine(center, size, self.input_size, rotation)
+        crop = warp_image(image, matrix, self.input_size)
+        keypoints = apply_affine(record["keypoints"], matrix)
+        if flip:
+            crop = crop[:, ::-1]
+            keypoints = flip_points(keypoints, self.meta["flip_index"], self.input_size)
+        if aug is not None:
+            crop = photometric_augment(crop, aug)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
+            "keypoints": torch.from_numpy(keypoints.astype(np.float32)),
+            "affine": torch.from_numpy(matrix),
+            "index": index,
+        }
+
+
+def photometric_augment(crop: np.ndarray, aug: Augmentation) -> np.ndarray:
+    """Colour jitter, blur, noise and a random occluding rectangle on a uint8 RGB crop."""
+    image = crop.astype(np.float32)
+    if aug.color > 0:
+        brightness, contrast, saturation = np.random.uniform(1 - aug.color, 1 + aug.color, size=3)
+        image *= brightness
+        image = (image - image.mean()) * contrast + image.mean()
+        gray = image.mean(axis=2, keepdims=True)
+        image = (image - gray) * saturation + gray
+    if np.random.rand() < aug.blur_prob:
+        image = cv2.GaussianBlur(image, (0, 0), sigmaX=np.random.uniform(0.5, 1.5))
+    if np.random.rand() < aug.noise_prob:
+        image += np.random.normal(0.0, np.random.uniform(3, 12), size=image.shape).astype(np.float32)
+    if np.random.rand() < aug.erase_prob:
+        side = image.shape[0]
+        area = np.random.uniform(0.02, 0.15) * side * side
+        aspect = np.exp(np.random.uniform(np.log(0.3), np.log(3.3)))
+        h = int(min(side, round(np.sqrt(area * aspect))))
+        w = int(min(side, round(np.sqrt(area / aspect))))
+        y, x = np.random.randint(0, side - h + 1), np.random.randint(0, side - w + 1)
+        image[y:y + h, x:x + w] = np.random.uniform(0, 255, size=(h, w, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)

@@ -1,0 +1,85 @@
+"""Coordinate conventions and transforms shared by training, evaluation and prediction.
+
+Conventions (the "unbiased" pixel-centre convention, UDP):
+- A pixel with integer index i covers [i - 0.5, i + 0.5]; its centre is at i. Landmarks in
+  label files, in crops and in heatmaps all use this convention.
+- A square crop of side `size` around `center` is mapped onto an input of S x S pixels so
+  that the crop's edges land on -0.5 and S - 0.5 (the outer edges of the outer pixels).
+- A heatmap of stride r relates to the input by x_heatmap = (x_input + 0.5) / r - 0.5, so
+  pixel edges line up and a horizontal flip of the input is a flip of the heatmap.
+- Mirroring a row of `width` pixels maps x to width - 1 - x.
+
+Functions accept NumPy arrays and, where noted, torch tensors.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+
+def box_to_center_size(box_xyxy: np.ndarray, padding: float) -> tuple[np.ndarray, float]:
+    """Centre and side of the square crop that holds `box_xyxy` enlarged by `padding`."""
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    center = np.array([(x1 + x2) / 2.0, (y1 + y2) / 2.0])
+    return center, max(x2 - x1, y2 - y1) * padding
+
+
+def crop_affine(center: np.ndarray, size: float, output_size: int, rotation_deg: float = 0.0) -> np.ndarray:
+    """2x3 matrix mapping original-image points into the output_size x output_size crop.
+
+    The square of side `size` centred at `center`, rotated by `rotation_deg`
+    (counter-clockwise on screen), fills the crop exactly.
+    """
+    scale = output_size / size
+    theta = math.radians(rotation_deg)
+    a, b = scale * math.cos(theta), scale * math.sin(theta)
+    half = (output_size - 1) / 2.0
+    cx, cy = float(center[0]), float(center[1])
+    return np.array(
+        [[a, b, half - a * cx - b * cy],
+         [-b, a, half + b * cx - a * cy]],
+        dtype=np.float64,
+    )
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of one 2x3 affine matrix or of a batch of them (..., 2, 3)."""
+    linear, shift = matrix[..., :2], matrix[..., 2:]
+    linear_inv = np.linalg.inv(linear)
+    return np.concatenate([linear_inv, -linear_inv @ shift], axis=-1)
+
+
+def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 2x3 matrix to points (..., K, 2); a batch of matrices (B, 2, 3) to (B, K, 2)."""
+    return points @ np.swapaxes(matrix[..., :2], -1, -2) + matrix[..., None, :, 2]
+
+
+def warp_image(image: np.ndarray, matrix: np.ndarray, output_size: int) -> np.ndarray:
+    """Warp an image with a 2x3 matrix into an output_size square (bilinear, black border)."""
+    return cv2.warpAffine(
+        image, matrix, (output_size, output_size), flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0),
+    )
+
+
+def flip_points(points, flip_index, width: int):
+    """Landmarks (..., K, 2) of the horizontally mirrored image (NumPy or torch).
+
+    Point i of the mirror image is point flip_index[i] of the original, mirrored in x.
+    Applying it twice gives the original points back.
+    """
+    flipped = points[..., list(flip_index), :]
+    flipped[..., 0] = (width - 1) - flipped[..., 0]
+    return flipped
+
+
+def input_to_heatmap(points, stride: float):
+    """Input-pixel coordinates to heatmap-pixel coordinates (NumPy or torch)."""
+    return (points + 0.5) / stride - 0.5
+
+
+def heatmap_to_input(points, stride: float):
+    """Heatmap-pixel coordinates to input-pixel coordinates (NumPy or torch)."""
+    return (points + 0.5) * stride - 0.5
