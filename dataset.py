@@ -17,6 +17,8 @@ from torch.utils.data import Dataset
 
 from geometry import apply_affine, box_to_center_size, crop_affine, flip_points, warp_image
 
+cv2.setNumThreads(1)  # parallelism comes from DataLoader workers
+
 
 class DataError(ValueError):
     """An annotation file or keypoint metadata that cannot be used; the message says why."""

@@ -70,7 +70,7 @@ class LandmarkModel(nn.Module):
     """Backbone -> top-down FPN fused at stride 4 -> K heatmap logits."""
 
     def __init__(self, backbone: str, num_keypoints: int, input_size: int, neck_channels: int = 128,
-                 beta_init: float = 20.0, pretrained: bool = False, pretrained_path: str | None = None):
+                 beta_init: float = 16.0, pretrained: bool = False, pretrained_path: str | None = None):
         super().__init__()
         self.config = {"backbone": backbone, "num_keypoints": num_keypoints, "input_size": input_size,
                        "neck_channels": neck_channels, "beta_init": beta_init}

@@ -1,0 +1,105 @@
+"""Synthetic faces in DogFLW's on-disk layout, made fresh for each test session.
+
+Each image shows a face-like ellipse with one coloured disc per landmark. Landmarks that
+mirror each other (flip_index) share a colour, as left and right eyes look alike, so the
+task is learnable with flip augmentation. The pose (rotation, scale, position) varies.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tools.convert_dogflw_to_coco import DOGFLW_META  # noqa: E402
+
+SMALL_META = {  # 8 landmarks: two eyes, two ears, nose, two mouth corners, chin
+    "name": "toy", "num_keypoints": 8,
+    "keypoints": ["eye_l", "eye_r", "ear_l", "ear_r", "nose", "mouth_l", "mouth_r", "chin"],
+    "flip_index": [1, 0, 3, 2, 4, 6, 5, 7], "iod_pair": [0, 1],
+    "regions": {"eyes": [0, 1], "ears": [2, 3], "lower": [4, 5, 6, 7]},
+}
+
+
+def symmetric_template(flip_index: list[int], rng: np.random.Generator) -> np.ndarray:
+    """Landmarks (K, 2) in a unit face, mirror-symmetric under flip_index."""
+    template = np.zeros((len(flip_index), 2))
+    for i, j in enumerate(flip_index):
+        if i < j:
+            template[i] = [-rng.uniform(0.15, 0.8), rng.uniform(-0.8, 0.8)]
+            template[j] = [-template[i, 0], template[i, 1]]
+        elif i == j:
+            template[i] = [0.0, rng.uniform(-0.8, 0.8)]
+    return template
+
+
+def palette(flip_index: list[int]) -> dict[int, tuple[int, int, int]]:
+    """One RGB colour per mirror class of landmarks."""
+    rng = np.random.default_rng(7)
+    classes = sorted({min(i, j) for i, j in enumerate(flip_index)})
+    return {c: tuple(int(v) for v in rng.integers(60, 256, size=3)) for c in classes}
+
+
+def make_faces(root: Path, splits: dict[str, int], meta: dict, image_size: int = 96, seed: int = 0,
+               rotation: float = 25.0) -> Path:
+    """Write root/<split>/{images,labels}/ with PNGs and DogFLW-style labels; returns root."""
+    rng = np.random.default_rng(seed)
+    flip_index = meta["flip_index"]
+    template = symmetric_template(flip_index, np.random.default_rng(1))
+    colours = palette(flip_index)
+    for split, count in splits.items():
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "labels").mkdir(parents=True, exist_ok=True)
+        for n in range(count):
+            angle = math.radians(rng.uniform(-rotation, rotation))
+            scale = rng.uniform(0.25, 0.38) * image_size
+            center = rng.uniform(0.4, 0.6, size=2) * image_size
+            rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+            jitter = rng.normal(0, 0.03, size=template.shape)
+            points = (template + jitter) @ rot.T * scale + center
+            image = rng.integers(0, 50, size=(image_size, image_size, 3), dtype=np.uint8)
+            cv2.ellipse(image, tuple(int(v) for v in center), (int(scale * 1.1), int(scale * 1.1)),
+                        0, 0, 360, (90, 70, 50), -1)
+            radius = max(2, image_size // 40)
+            for i, (x, y) in enumerate(points):
+                colour = colours[min(i, flip_index[i])]
+                cv2.circle(image, (int(round(x)), int(round(y))), radius, colour, -1)
+            x1, y1 = points.min(axis=0) - 0.1 * scale
+            x2, y2 = points.max(axis=0) + 0.1 * scale
+            name = f"{split}_{n:04d}"
+            cv2.imwrite(str(root / split / "images" / f"{name}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            label = {"landmarks": points.round(2).tolist(),
+                     "bounding_boxes": [f"{v:.2f}" for v in (x1, y1, x2, y2)]}
+            (root / split / "labels" / f"{name}.json").write_text(json.dumps(label))
+    return root
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a project script as a user would, from the repository root."""
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def dogflw_root(tmp_path_factory) -> Path:
+    """A tiny DogFLW: 46 landmarks, train/ and test/ splits."""
+    return make_faces(tmp_path_factory.mktemp("dogflw"), {"train": 24, "test": 8}, DOGFLW_META)
+
+
+@pytest.fixture(scope="session")
+def small_meta_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("meta") / "meta.json"
+    path.write_text(json.dumps(SMALL_META))
+    return path

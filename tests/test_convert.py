@@ -1,0 +1,127 @@
+import json
+
+import pytest
+
+from conftest import SMALL_META, make_faces, run_cli
+from tools import convert_dogflw_to_coco as convert_mod
+from tools.convert_dogflw_to_coco import DOGFLW_META, LabelError, convert
+
+
+@pytest.fixture
+def root(tmp_path):
+    return make_faces(tmp_path / "dogflw", {"train": 5, "test": 3}, DOGFLW_META)
+
+
+def label_path(root, split, n):
+    return root / split / "labels" / f"{split}_{n:04d}.json"
+
+
+def test_converts_each_split_with_string_boxes(root, tmp_path):
+    counts = convert(root, tmp_path / "ann", DOGFLW_META)
+    assert counts == {"train": 5, "test": 3}
+    coco = json.loads((tmp_path / "ann" / "train.json").read_text())
+    label = json.loads(label_path(root, "train", 0).read_text())
+    assert isinstance(label["bounding_boxes"][0], str)
+    x1, y1, x2, y2 = (float(v) for v in label["bounding_boxes"])
+    ann = coco["annotations"][0]
+    assert ann["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1])
+    assert ann["keypoints"][:3] == pytest.approx([*label["landmarks"][0], 2])
+    assert len(ann["keypoints"]) == 46 * 3
+    category = coco["categories"][0]
+    assert category["flip_index"] == DOGFLW_META["flip_index"] and category["iod_pair"] == [18, 19]
+    assert coco["images"][0]["file_name"] == "train/images/train_0000.png"
+    assert coco["info"]["data_root"] == str(root.resolve())
+
+
+def test_labels_key_and_other_meta(tmp_path, small_meta_file):
+    root = make_faces(tmp_path / "toy", {"train": 2, "val": 2}, SMALL_META)
+    path = label_path(root, "val", 1)
+    label = json.loads(path.read_text())
+    path.write_text(json.dumps({"labels": label["landmarks"], "bounding_boxes": label["bounding_boxes"]}))
+    run_cli("tools/convert_dogflw_to_coco.py", "--dogflw_root", str(root), "--meta", str(small_meta_file),
+            "--out_dir", str(tmp_path / "ann"))
+    coco = json.loads((tmp_path / "ann" / "val.json").read_text())
+    assert len(coco["annotations"]) == 2 and coco["categories"][0]["regions"] == SMALL_META["regions"]
+    assert coco["categories"][0]["keypoints"] == SMALL_META["keypoints"]
+
+
+BAD_LABELS = {
+    "wrong point count": ({"landmarks": [[1, 2]] * 45, "bounding_boxes": ["0", "0", "9", "9"]}, "has 45 landmarks"),
+    "nan value": ({"landmarks": [[1, 2]] * 45 + [["nan", 2]], "bounding_boxes": [0, 0, 9, 9]}, "not finite"),
+    "text value": ({"landmarks": [[1, 2]] * 45 + [["a", 2]], "bounding_boxes": [0, 0, 9, 9]}, "not a number"),
+    "3-value box": ({"landmarks": [[1, 2]] * 46, "bounding_boxes": [0, 0, 9]}, "not 4 values"),
+    "inverted box": ({"landmarks": [[1, 2]] * 46, "bounding_boxes": ["9", "0", "1", "9"]}, "x2 <= x1"),
+    "no landmarks": ({"bounding_boxes": [0, 0, 9, 9]}, "no 'landmarks'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LABELS))
+def test_bad_label_is_skipped_with_its_file_named(root, tmp_path, capsys, case):
+    label, reason = BAD_LABELS[case]
+    bad = label_path(root, "train", 2)
+    bad.write_text(json.dumps(label))
+    counts = convert(root, tmp_path / "ann", DOGFLW_META)
+    assert counts["train"] == 4
+    err = capsys.readouterr().err
+    assert f"{bad}: " in err and reason in err
+
+
+def test_missing_files_and_unreadable_image_are_reported(root, tmp_path, capsys):
+    label_path(root, "train", 0).unlink()
+    (root / "train" / "images" / "train_0001.png").unlink()
+    (root / "train" / "images" / "train_0002.png").write_bytes(b"\x89PNG not really")
+    label_path(root, "train", 3).write_bytes(b"\xff\xfe\x00garbage")
+    counts = convert(root, tmp_path / "ann", DOGFLW_META)
+    assert counts["train"] == 1
+    err = capsys.readouterr().err
+    assert "train_0000.png: image without label" in err
+    assert "train_0001.json: label without image" in err
+    assert "train_0002.png: unreadable image" in err
+    assert "train_0003.json: not readable JSON" in err
+
+
+def test_strict_exits_non_zero_and_writes_nothing(root, tmp_path):
+    out = tmp_path / "ann"
+    out.mkdir()
+    (out / "train.json").write_text("previous")
+    label_path(root, "test", 0).write_text("{")
+    result = run_cli("tools/convert_dogflw_to_coco.py", "--dogflw_root", str(root), "--out_dir", str(out),
+                     "--strict", check=False)
+    assert result.returncode != 0
+    assert "test_0000.json" in result.stderr and "nothing written" in result.stderr
+    assert (out / "train.json").read_text() == "previous"
+    assert sorted(p.name for p in out.iterdir()) == ["train.json"]
+
+
+def test_write_failure_leaves_no_partial_file(root, tmp_path, monkeypatch):
+    def explode(data, f):
+        f.write('{"images": [')
+        raise OSError("disk full")
+    monkeypatch.setattr(convert_mod.json, "dump", explode)
+    with pytest.raises(OSError):
+        convert(root, tmp_path / "ann", DOGFLW_META)
+    assert list((tmp_path / "ann").iterdir()) == []
+
+
+def test_download_finds_the_dataset_folder(tmp_path, monkeypatch):
+    kagglehub = pytest.importorskip("kagglehub")
+    nested = tmp_path / "cache" / "versions" / "3" / "DogFLW"
+    (nested / "train").mkdir(parents=True)
+    (nested / "test").mkdir()
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle: str(tmp_path / "cache"))
+    assert convert_mod.download_dogflw() == nested
+
+
+def test_download_failure_says_what_to_do(monkeypatch):
+    kagglehub = pytest.importorskip("kagglehub")
+
+    def offline(handle):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    with pytest.raises(LabelError, match="--dogflw_root"):
+        convert_mod.download_dogflw()
+
+
+def test_empty_root_is_an_error(tmp_path):
+    result = run_cli("tools/convert_dogflw_to_coco.py", "--dogflw_root", str(tmp_path), check=False)
+    assert result.returncode == 1 and "no split folder" in result.stderr

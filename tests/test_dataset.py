@@ -1,0 +1,88 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMALL_META, make_faces, palette
+from dataset import Augmentation, DataError, LandmarkDataset, heatmap_targets, load_coco, validate_keypoint_meta
+from geometry import apply_affine, box_to_center_size, crop_affine
+from tools.convert_dogflw_to_coco import convert
+
+
+@pytest.fixture(scope="module")
+def toy_ann(tmp_path_factory):
+    root = make_faces(tmp_path_factory.mktemp("toy"), {"train": 6, "val": 2}, SMALL_META, image_size=128)
+    convert(root, root / "ann", SMALL_META)
+    return root / "ann" / "train.json"
+
+
+def test_load_coco_reads_records_and_meta(toy_ann):
+    records, meta, data_root = load_coco(toy_ann)
+    assert len(records) == 6 and meta["num_keypoints"] == 8 and meta["iod_pair"] == [0, 1]
+    assert records[0]["keypoints"].shape == (8, 2) and records[0]["box"].shape == (4,)
+    assert data_root == str(toy_ann.parents[1].resolve())
+
+
+def test_eval_sample_maps_landmarks_with_the_crop_affine(toy_ann):
+    dataset = LandmarkDataset(toy_ann, None, 64)
+    sample = dataset[3]
+    record = dataset.records[3]
+    center, size = box_to_center_size(record["box"], 1.25)
+    expected = apply_affine(record["keypoints"], crop_affine(center, size, 64))
+    assert sample["image"].shape == (3, 64, 64) and sample["image"].dtype == torch.uint8
+    np.testing.assert_allclose(sample["keypoints"].numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(sample["affine"].numpy(), crop_affine(center, size, 64))
+
+
+@pytest.mark.parametrize("flip_prob", [0.0, 1.0])
+def test_augmented_landmarks_stay_on_their_discs(toy_ann, flip_prob):
+    """After random scale/rotation/shift (and flip), each landmark still sits on a disc of its colour."""
+    aug = Augmentation(flip_prob=flip_prob, color=0, blur_prob=0, noise_prob=0, erase_prob=0)
+    dataset = LandmarkDataset(toy_ann, None, 128, augmentation=aug)
+    colours = palette(SMALL_META["flip_index"])
+    np.random.seed(0)
+    checked = 0
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        image = sample["image"].permute(1, 2, 0).numpy().astype(int)
+        for i, (x, y) in enumerate(sample["keypoints"].numpy()):
+            if 2 <= x <= 125 and 2 <= y <= 125:
+                colour = colours[min(i, SMALL_META["flip_index"][i])]
+                assert np.abs(image[int(round(y)), int(round(x))] - colour).max() <= 40, (index, i)
+                checked += 1
+    assert checked > 30
+
+
+def test_photometric_augmentation_keeps_uint8_and_shape(toy_ann):
+    dataset = LandmarkDataset(toy_ann, None, 64, augmentation=Augmentation(blur_prob=1, noise_prob=1, erase_prob=1))
+    image = dataset[0]["image"]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
+
+
+def test_heatmap_target_has_its_peak_at_the_sub_pixel_centre():
+    points = torch.tensor([[[5.0, 7.0], [10.3, 3.6]]])
+    maps = heatmap_targets(points, 16, 20, sigma=2.0)
+    assert maps.shape == (1, 2, 16, 20)
+    assert maps[0, 0, 7, 5] == pytest.approx(1.0) and maps[0, 0].max() == pytest.approx(1.0)
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(20.0), indexing="ij")
+    expected = torch.exp(-((xs - 10.3) ** 2 + (ys - 3.6) ** 2) / 8)
+    assert torch.allclose(maps[0, 1], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"flip_index": [0, 0, 3, 2, 4, 6, 5, 7]}, "not a permutation"),
+    ({"flip_index": [1, 2, 0, 3, 4, 6, 5, 7]}, "own inverse"),
+    ({"iod_pair": [0, 8]}, "iod_pair"),
+])
+def test_bad_keypoint_meta_is_refused(change, message):
+    meta = {**SMALL_META, **change}
+    with pytest.raises(DataError, match=message):
+        validate_keypoint_meta(meta, "meta.json")
+
+
+def test_unusable_annotation_file_names_itself(tmp_path):
+    bad = tmp_path / "train.json"
+    bad.write_text(json.dumps({"images": []}))
+    with pytest.raises(DataError, match=str(bad)):
+        load_coco(bad)
