@@ -69,7 +69,7 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> None:
 class LandmarkModel(nn.Module):
     """Backbone -> top-down FPN fused at stride 4 -> K heatmap logits."""
 
-    def __init__(self, backbone: str, num_keypoints: int, input_size: int, neck_channels: int = 128,
+    def __init__(self, backbone: str, num_keypoints: int, input_size: int, neck_channels: int = 64,
                  beta_init: float = 16.0, pretrained: bool = False, pretrained_path: str | None = None):
         super().__init__()
         self.config = {"backbone": backbone, "num_keypoints": num_keypoints, "input_size": input_size,

@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     net = parser.add_argument_group("model")
     net.add_argument("--backbone", default="hrnet_w32", help="hrnet_w32, tf_efficientnetv2_s or any timm "
                      "model with features_only")
-    net.add_argument("--neck-channels", type=int, default=128)
+    net.add_argument("--neck-channels", type=int, default=64, help="width of the FPN and heatmap head")
     net.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights")
     net.add_argument("--pretrained-path", help="local backbone state dict instead of downloading")
     loss = parser.add_argument_group("loss")
@@ -70,7 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run = parser.add_argument_group("run")
     run.add_argument("--work-dir", help="run folder (default: work_dirs/<backbone>_<input-size>)")
     run.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cuda, mps or cpu")
-    run.add_argument("--resume", help="last.pth to continue from")
+    run.add_argument("--resume", help="last.pth to continue from (backbone, input size and crop "
+                     "padding come from it)")
     run.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.work_dir is None:
@@ -175,14 +176,24 @@ def check_writable(work_dir: Path) -> None:
         raise DataError(f"{work_dir}: cannot write to the run folder ({err.strerror})") from None
 
 
-def train(args: argparse.Namespace) -> dict:
-    """The whole run; returns the best validation metrics."""
+def train(args: argparse.Namespace) -> float:
+    """The whole run; returns the best validation NME_IOD."""
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     work_dir = Path(args.work_dir)
     check_writable(work_dir)
+    checkpoint = None
+    if args.resume:
+        try:
+            checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
+            model_config, saved_args = checkpoint["model_config"], checkpoint["args"]
+        except Exception as err:
+            raise CheckpointError(f"{args.resume}: cannot resume from it ({type(err).__name__}: {err})") from None
+        # the model and its crops are defined by the checkpoint, not by this command line
+        args.backbone, args.input_size = model_config["backbone"], model_config["input_size"]
+        args.neck_channels, args.box_padding = model_config["neck_channels"], saved_args["box_padding"]
     train_ann, val_ann = prepare_annotations(Path(args.ann_root), args.data_root)
 
     augmentation = Augmentation(**{f: getattr(args, f"aug_{f}") for f in vars(Augmentation())})
@@ -192,13 +203,7 @@ def train(args: argparse.Namespace) -> dict:
     if val_set.meta["num_keypoints"] != meta["num_keypoints"]:
         raise DataError(f"{val_ann}: {val_set.meta['num_keypoints']} landmarks, {train_ann}: {meta['num_keypoints']}")
 
-    checkpoint = None
-    if args.resume:
-        try:
-            checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
-            model_config = checkpoint["model_config"]
-        except Exception as err:
-            raise CheckpointError(f"{args.resume}: cannot resume from it ({type(err).__name__}: {err})") from None
+    if checkpoint is not None:
         if model_config["num_keypoints"] != meta["num_keypoints"]:
             raise CheckpointError(f"{args.resume}: predicts {model_config['num_keypoints']} landmarks, "
                                   f"{train_ann} has {meta['num_keypoints']}")
@@ -241,7 +246,6 @@ def train(args: argparse.Namespace) -> dict:
 
     print(f"{len(train_set)} train / {len(val_set)} val images, {meta['num_keypoints']} landmarks; "
           f"{model.config['backbone']} at {model.config['input_size']} on {device}; run folder {work_dir}")
-    best_metrics = checkpoint.get("metrics", {}) if checkpoint else {}
     for epoch in range(start_epoch, args.epochs + 1):
         model.train()
         start = time.time()
@@ -278,8 +282,7 @@ def train(args: argparse.Namespace) -> dict:
         with open(work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         improved = metrics["nme_iod"] < best_nme
-        if improved:
-            best_nme, best_metrics = metrics["nme_iod"], metrics
+        best_nme = min(best_nme, metrics["nme_iod"])
         state = {
             "model": eval_model.state_dict(), "train_model": model.state_dict(),
             "model_config": model.config, "keypoint_meta": meta, "epoch": epoch, "best_nme": best_nme,
@@ -291,18 +294,17 @@ def train(args: argparse.Namespace) -> dict:
             save_checkpoint(state, work_dir / "best.pth")
         print(f"epoch {epoch}: loss {record['train_loss']:.4f}, val NME_IOD {metrics['nme_iod']:.3f} "
               f"(best {best_nme:.3f}), {record['train_images_per_s']:.0f} img/s, {record['epoch_time_s']:.0f} s")
-    return best_metrics
+    return best_nme
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        metrics = train(args)
+        best_nme = train(args)
     except (DataError, CheckpointError, WeightsUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if metrics:
-        print(f"best val NME_IOD {metrics['nme_iod']:.3f}; checkpoints in {args.work_dir}")
+    print(f"best val NME_IOD {best_nme:.3f}; checkpoints in {args.work_dir}")
     return 0
 
 
