@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from geometry import apply_affine, box_to_center_size, crop_affine, flip_points, warp_image
 
@@ -48,6 +48,9 @@ def validate_keypoint_meta(meta: dict, source: str) -> None:
     iod = meta.get("iod_pair")
     if iod is None or len(iod) != 2 or not all(0 <= int(i) < k for i in iod) or iod[0] == iod[1]:
         raise DataError(f"{source}: iod_pair {iod} must be two different landmark indices below {k}")
+    for name, indices in (meta.get("regions") or {}).items():
+        if not indices or not all(isinstance(i, int) and 0 <= i < k for i in indices):
+            raise DataError(f"{source}: region {name!r} must list landmark indices below {k}")
 
 
 def load_coco(ann_file: str | Path) -> tuple[list[dict], dict, str | None]:
@@ -63,6 +66,7 @@ def load_coco(ann_file: str | Path) -> tuple[list[dict], dict, str | None]:
             "flip_index": [int(i) for i in category["flip_index"]],
             "iod_pair": [int(i) for i in category["iod_pair"]],
             "regions": category.get("regions") or {},
+            "keypoint_weights": category.get("keypoint_weights"),
         }
         records = []
         for ann in coco["annotations"]:
@@ -99,10 +103,16 @@ def heatmap_targets(points: torch.Tensor, height: int, width: int, sigma: float)
 
 
 class LandmarkDataset(Dataset):
-    """Face crops and their landmarks from one COCO keypoints file."""
+    """Face crops and their landmarks from one COCO keypoints file.
+
+    Items are fetched by index or by (index, epoch). Augmentation draws from a random stream
+    fixed by (seed, epoch, index), so an epoch's samples are the same whatever the number of
+    workers and whether a run was resumed. An image that cannot be read yields
+    {"unreadable": path, "index": index} for `collate_readable` to set aside.
+    """
 
     def __init__(self, ann_file: str | Path, data_root: str | Path | None, input_size: int,
-                 padding: float = 1.25, augmentation: Augmentation | None = None):
+                 padding: float = 1.25, augmentation: Augmentation | None = None, seed: int = 0):
         self.records, self.meta, info_root = load_coco(ann_file)
         root = data_root if data_root is not None else info_root
         if root is None:
@@ -111,21 +121,27 @@ class LandmarkDataset(Dataset):
         self.input_size = input_size
         self.padding = padding
         self.augmentation = augmentation
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         record = self.records[index]
-        image = read_image(self.data_root / record["file"])
+        try:
+            image = read_image(self.data_root / record["file"])
+        except DataError:
+            return {"unreadable": str(self.data_root / record["file"]), "index": index}
         center, size = box_to_center_size(record["box"], self.padding)
         aug = self.augmentation
+        rng = np.random.default_rng((self.seed, epoch, index))
         rotation, flip = 0.0, False
         if aug is not None:
-            size *= np.random.uniform(1 - aug.scale, 1 + aug.scale)
-            center = center + np.random.uniform(-aug.shift, aug.shift, size=2) * size
-            rotation = np.random.uniform(-aug.rotation, aug.rotation)
-            flip = np.random.rand() < aug.flip_prob
+            size *= rng.uniform(1 - aug.scale, 1 + aug.scale)
+            center = center + rng.uniform(-aug.shift, aug.shift, size=2) * size
+            rotation = rng.uniform(-aug.rotation, aug.rotation)
+            flip = rng.random() < aug.flip_prob
         matrix = crop_affine(center, size, self.input_size, rotation)
         crop = warp_image(image, matrix, self.input_size)
         keypoints = apply_affine(record["keypoints"], matrix)
@@ -133,7 +149,7 @@ class LandmarkDataset(Dataset):
             crop = crop[:, ::-1]
             keypoints = flip_points(keypoints, self.meta["flip_index"], self.input_size)
         if aug is not None:
-            crop = photometric_augment(crop, aug)
+            crop = photometric_augment(crop, aug, rng)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
             "keypoints": torch.from_numpy(keypoints.astype(np.float32)),
@@ -142,25 +158,33 @@ class LandmarkDataset(Dataset):
         }
 
 
-def photometric_augment(crop: np.ndarray, aug: Augmentation) -> np.ndarray:
+def collate_readable(samples: list[dict]) -> dict:
+    """Batch the samples whose image could be read; the others' paths go in batch["unreadable"]."""
+    readable = [s for s in samples if "unreadable" not in s]
+    batch = default_collate(readable) if readable else {}
+    batch["unreadable"] = [s["unreadable"] for s in samples if "unreadable" in s]
+    return batch
+
+
+def photometric_augment(crop: np.ndarray, aug: Augmentation, rng: np.random.Generator) -> np.ndarray:
     """Colour jitter, blur, noise and a random occluding rectangle on a uint8 RGB crop."""
     image = crop.astype(np.float32)
     if aug.color > 0:
-        brightness, contrast, saturation = np.random.uniform(1 - aug.color, 1 + aug.color, size=3)
+        brightness, contrast, saturation = rng.uniform(1 - aug.color, 1 + aug.color, size=3)
         image *= brightness
         image = (image - image.mean()) * contrast + image.mean()
         gray = image.mean(axis=2, keepdims=True)
         image = (image - gray) * saturation + gray
-    if np.random.rand() < aug.blur_prob:
-        image = cv2.GaussianBlur(image, (0, 0), sigmaX=np.random.uniform(0.5, 1.5))
-    if np.random.rand() < aug.noise_prob:
-        image += np.random.normal(0.0, np.random.uniform(3, 12), size=image.shape).astype(np.float32)
-    if np.random.rand() < aug.erase_prob:
+    if rng.random() < aug.blur_prob:
+        image = cv2.GaussianBlur(image, (0, 0), sigmaX=rng.uniform(0.5, 1.5))
+    if rng.random() < aug.noise_prob:
+        image += rng.normal(0.0, rng.uniform(3, 12), size=image.shape).astype(np.float32)
+    if rng.random() < aug.erase_prob:
         side = image.shape[0]
-        area = np.random.uniform(0.02, 0.15) * side * side
-        aspect = np.exp(np.random.uniform(np.log(0.3), np.log(3.3)))
+        area = rng.uniform(0.02, 0.15) * side * side
+        aspect = np.exp(rng.uniform(np.log(0.3), np.log(3.3)))
         h = int(min(side, round(np.sqrt(area * aspect))))
         w = int(min(side, round(np.sqrt(area / aspect))))
-        y, x = np.random.randint(0, side - h + 1), np.random.randint(0, side - w + 1)
-        image[y:y + h, x:x + w] = np.random.uniform(0, 255, size=(h, w, 3))
+        y, x = rng.integers(0, side - h + 1), rng.integers(0, side - w + 1)
+        image[y:y + h, x:x + w] = rng.uniform(0, 255, size=(h, w, 3))
     return np.clip(image, 0, 255).astype(np.uint8)

@@ -3,6 +3,9 @@
     python evaluate.py --checkpoint work_dirs/RUN/best.pth --data-root DIR --ann FILE \\
         [--flip-test] [--out metrics.json] [--vis 20]
 
+--vis N writes ced.png (cumulative error distribution, AUC@10 in the legend) and overlays of
+the N worst and N random images (truth green, prediction red, errors yellow) into --vis-dir.
+
 NME_IOD (percent): per image, the mean landmark error divided by the distance between the two
 iod_pair landmarks (the outer eye corners), x100, averaged over images. This is the number
 the DogFLW paper reports (6.52 for its best ensemble).
@@ -17,10 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from dataset import DataError, LandmarkDataset, read_image
+from dataset import DataError, LandmarkDataset, collate_readable, read_image
 from geometry import apply_affine, flip_points, invert_affine
 from model import CheckpointError, LandmarkModel, load_checkpoint
 
@@ -40,26 +43,40 @@ def pick_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def predict_dataset(model: LandmarkModel, loader: DataLoader, device: torch.device,
-                    flip_index: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Landmarks in original-image pixels (N, K, 2) and confidences (N, K) for a dataset.
+def predict_crops(model: LandmarkModel, images: torch.Tensor, affines: np.ndarray,
+                  flip_index: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks in original-image pixels (B, K, 2) and confidences (B, K) for float crops.
 
-    With flip_index, each crop is also predicted mirrored and the two sets of coordinates
-    are averaged (flip test in coordinate space, never on heatmaps).
+    `affines` (B, 2, 3) map original pixels to crop pixels. With flip_index, each crop is also
+    predicted mirrored and the two sets of coordinates are averaged (flip test in coordinate
+    space, never on heatmaps).
     """
+    points, confidence = model.decode(model(images))
+    if flip_index is not None:
+        points_flip, confidence_flip = model.decode(model(images.flip(-1)))
+        points = (points + flip_points(points_flip, flip_index, images.shape[-1])) / 2
+        confidence = (confidence + confidence_flip[:, flip_index]) / 2
+    return apply_affine(points.cpu().double().numpy(), invert_affine(affines)), confidence.cpu().numpy()
+
+
+@torch.no_grad()
+def predict_dataset(model: LandmarkModel, loader: DataLoader, device: torch.device,
+                    flip_index: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Landmarks (N, K, 2) in original pixels and confidences (N, K) in dataset order, NaN
+    where the image could not be read, and the paths of those images."""
     model.eval()
-    points_all, confidence_all = [], []
+    num_keypoints = model.config["num_keypoints"]
+    points = np.full((len(loader.dataset), num_keypoints, 2), np.nan)
+    confidence = np.full((len(loader.dataset), num_keypoints), np.nan)
+    unreadable = []
     for batch in loader:
+        unreadable += batch["unreadable"]
+        if "image" not in batch:
+            continue
+        index = batch["index"].numpy()
         images = batch["image"].to(device, non_blocking=True).float()
-        points, confidence = model.decode(model(images))
-        if flip_index is not None:
-            points_flip, confidence_flip = model.decode(model(images.flip(-1)))
-            points = (points + flip_points(points_flip, flip_index, images.shape[-1])) / 2
-            confidence = (confidence + confidence_flip[:, flip_index]) / 2
-        inverse = invert_affine(batch["affine"].numpy())
-        points_all.append(apply_affine(points.cpu().double().numpy(), inverse))
-        confidence_all.append(confidence.cpu().numpy())
-    return np.concatenate(points_all), np.concatenate(confidence_all)
+        points[index], confidence[index] = predict_crops(model, images, batch["affine"].numpy(), flip_index)
+    return points, confidence, unreadable
 
 
 def compute_metrics(pred: np.ndarray, gt: np.ndarray, iod_pair: list[int], boxes: np.ndarray | None = None,
@@ -67,7 +84,8 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray, iod_pair: list[int], boxes
     """Metrics for predictions and ground truth (N, K, 2) in the same pixels.
 
     Images whose inter-ocular distance is zero cannot be normalised: they are left out and
-    counted in `excluded_zero_iod`.
+    counted in `excluded_zero_iod`. `per_image_nme` lists each image's NME_IOD in input order
+    (None for those left out).
     """
     iod = np.linalg.norm(gt[:, iod_pair[0]] - gt[:, iod_pair[1]], axis=-1)
     valid = iod > 1e-6
@@ -90,6 +108,9 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray, iod_pair: list[int], boxes
     metrics["per_landmark_nme"] = {n: float(e) for n, e in zip(names, errors.mean(axis=0) * 100)}
     if regions:
         metrics["per_region_nme"] = {r: float(errors[:, idx].mean() * 100) for r, idx in regions.items()}
+    per_image_all = np.full(len(gt), np.nan)
+    per_image_all[valid] = per_image
+    metrics["per_image_nme"] = [None if np.isnan(e) else float(e) for e in per_image_all]  # input order
     if boxes is not None:
         box_side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[valid]
         edges = np.quantile(box_side, [0, 1 / 3, 2 / 3, 1])
@@ -101,10 +122,16 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray, iod_pair: list[int], boxes
     return metrics
 
 
-def draw_landmarks(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None) -> np.ndarray:
-    """RGB image with ground truth (green), predictions (red) and error lines (yellow)."""
+def draw_landmarks(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None,
+                   box: np.ndarray | None = None, text: str | None = None) -> np.ndarray:
+    """RGB image with ground truth (green), predictions (red), error lines (yellow), the face box
+    (blue) and a caption. Dots are sized to the face box when there is one, else to the image."""
     canvas = image.copy()
-    radius = max(1, round(max(image.shape[:2]) / 200))
+    scale = max(box[2] - box[0], box[3] - box[1]) / 60 if box is not None else max(image.shape[:2]) / 200
+    radius = max(1, round(scale))
+    if box is not None:
+        x1, y1, x2, y2 = np.round(box).astype(int)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (40, 120, 255), max(1, radius // 2))
     if gt is not None:
         for p, g in zip(pred, gt):
             cv2.line(canvas, tuple(np.round(p).astype(int)), tuple(np.round(g).astype(int)), (255, 220, 0), 1)
@@ -112,30 +139,104 @@ def draw_landmarks(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = 
             cv2.circle(canvas, tuple(np.round(g).astype(int)), radius + 1, (0, 200, 0), -1)
     for p in pred:
         cv2.circle(canvas, tuple(np.round(p).astype(int)), radius, (230, 0, 0), -1)
+    if text:
+        scale = max(image.shape[:2]) / 500
+        cv2.putText(canvas, text, (4, 4 + round(22 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                    max(1, round(2 * scale)), cv2.LINE_AA)
     return canvas
 
 
-def write_visualisations(dataset: LandmarkDataset, pred: np.ndarray, count: int, out_dir: Path) -> None:
-    """Overlays for `count` images chosen at random (fixed seed)."""
+def write_visualisations(dataset: LandmarkDataset, pred: np.ndarray, per_image_nme: np.ndarray, count: int,
+                         out_dir: Path) -> None:
+    """Overlays of the `count` worst images (worst_01_NAME.png, ...) and of `count` others at random
+    (random_NAME.png, fixed seed). Images without a prediction or an NME (NaN) are skipped."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    chosen = np.random.default_rng(0).choice(len(dataset), size=min(count, len(dataset)), replace=False)
-    for i in chosen:
+    scored = np.flatnonzero(np.isfinite(per_image_nme))
+    worst = scored[np.argsort(-per_image_nme[scored], kind="stable")[:count]]
+    rest = np.setdiff1d(scored, worst)
+    chosen = np.random.default_rng(0).choice(rest, size=min(count, len(rest)), replace=False)
+    names = [f"worst_{rank:02d}_" for rank in range(1, len(worst) + 1)] + ["random_"] * len(chosen)
+    for prefix, i in zip(names, np.concatenate([worst, chosen])):
         record = dataset.records[i]
         image = read_image(dataset.data_root / record["file"])
-        overlay = draw_landmarks(image, pred[i], record["keypoints"])
-        cv2.imwrite(str(out_dir / f"{Path(record['file']).stem}.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-    print(f"wrote {len(chosen)} overlays to {out_dir}")
+        overlay = draw_landmarks(image, pred[i], record["keypoints"], record["box"], f"NME {per_image_nme[i]:.1f}")
+        overlay = cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(out_dir / f"{prefix}{Path(record['file']).stem}.png"), overlay)
+    print(f"wrote {len(worst)} worst and {len(chosen)} random overlays to {out_dir}")
+
+
+def ced_curve(per_image_nme: np.ndarray, max_error: float = FAILURE_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """The cumulative error distribution up to max_error as step vertices (x: NME_IOD in percent,
+    y: fraction of images with at most that error), to be drawn with where="post"."""
+    errors = np.sort(per_image_nme)
+    fraction = np.arange(1, len(errors) + 1) / len(errors)
+    keep = errors <= max_error
+    last = fraction[keep][-1] if keep.any() else 0.0
+    return np.concatenate([[0.0], errors[keep], [max_error]]), np.concatenate([[0.0], fraction[keep], [last]])
+
+
+def plot_ced(metrics: dict, out_png: Path, label: str = "model") -> Figure:
+    """Write a CED plot of compute_metrics' per-image NME_IOD, with AUC@10 in the legend; returns
+    the figure."""
+    per_image = np.array([e for e in metrics["per_image_nme"] if e is not None])
+    x, y = ced_curve(per_image)
+    fig = Figure(figsize=(5, 4), dpi=100, layout="tight")
+    ax = fig.subplots()
+    auc = metrics[f"auc_{FAILURE_THRESHOLD:g}"]
+    ax.step(x, y, where="post", label=f"{label} (AUC@{FAILURE_THRESHOLD:g} {auc:.2f})")
+    ax.set(xlim=(0, FAILURE_THRESHOLD), ylim=(0, 1), xlabel="NME_IOD (%)", ylabel="fraction of images",
+           title=f"Cumulative error distribution ({len(per_image)} images)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    return fig
+
+
+def plot_training_curves(metrics_jsonl: Path, out_png: Path) -> None:
+    """Training losses, learning rate and validation NME_IOD per epoch from train_simple's
+    metrics.jsonl (the last line of an epoch wins, as after a resume)."""
+    records = {}
+    for line in Path(metrics_jsonl).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records[record["epoch"]] = record
+    epochs = sorted(records)
+    fig = Figure(figsize=(12, 3.5), dpi=100, layout="tight")
+    loss_ax, lr_ax, nme_ax = fig.subplots(1, 3)
+    for key in ("train_loss", "train_heatmap", "train_coord"):
+        if key in records[epochs[0]]:
+            loss_ax.plot(epochs, [records[e][key] for e in epochs], marker=".", label=key.removeprefix("train_"))
+    loss_ax.set(xlabel="epoch", ylabel="training loss", yscale="log")
+    loss_ax.legend()
+    lr_ax.plot(epochs, [records[e]["lr"] for e in epochs], marker=".")
+    lr_ax.set(xlabel="epoch", ylabel="learning rate (end of epoch)")
+    nme = [records[e]["val_nme_iod"] for e in epochs]
+    best = int(np.argmin(nme))
+    nme_ax.plot(epochs, nme, marker=".")
+    nme_ax.plot(epochs[best], nme[best], "r*", markersize=12, label=f"best {nme[best]:.3f} (epoch {epochs[best]})")
+    nme_ax.set(xlabel="epoch", ylabel="validation NME_IOD (%)")
+    nme_ax.legend()
+    for ax in (loss_ax, lr_ax, nme_ax):
+        ax.grid(alpha=0.3)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
 
 
 def evaluate(model: LandmarkModel, loader: DataLoader, device: torch.device,
              flip_test: bool = False) -> tuple[dict, np.ndarray]:
-    """Metrics and predictions (original pixels) of a model on an unshuffled evaluation loader."""
+    """Metrics and predictions (original pixels, NaN rows for unreadable images) of a model on an
+    evaluation loader. Unreadable images are left out of the metrics and listed in them."""
     dataset = loader.dataset
     meta = dataset.meta
-    pred, _ = predict_dataset(model, loader, device, meta["flip_index"] if flip_test else None)
-    gt = np.stack([r["keypoints"] for r in dataset.records])
-    boxes = np.stack([r["box"] for r in dataset.records])
-    metrics = compute_metrics(pred, gt, meta["iod_pair"], boxes, meta["keypoints"], meta["regions"])
+    pred, _, unreadable = predict_dataset(model, loader, device, meta["flip_index"] if flip_test else None)
+    read = np.isfinite(pred).all(axis=(1, 2))
+    gt = np.stack([r["keypoints"] for r in dataset.records])[read]
+    boxes = np.stack([r["box"] for r in dataset.records])[read]
+    if not read.any():
+        raise DataError(f"none of the {len(dataset)} images could be read, e.g. {unreadable[0]}")
+    metrics = compute_metrics(pred[read], gt, meta["iod_pair"], boxes, meta["keypoints"], meta["regions"])
+    metrics["unreadable_images"] = unreadable
     return metrics, pred
 
 
@@ -162,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's prediction")
     parser.add_argument("--out", help="write all metrics to this JSON file")
-    parser.add_argument("--vis", type=int, default=0, metavar="N", help="write N overlay images")
-    parser.add_argument("--vis-dir", help="folder for overlays (default: beside --out or the checkpoint)")
+    parser.add_argument("--vis", type=int, default=0, metavar="N",
+                        help="write ced.png and overlays of the N worst and N random images")
+    parser.add_argument("--vis-dir", help="folder for --vis (default: vis/ beside --out or the checkpoint)")
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
@@ -175,21 +277,32 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"{args.ann}: has {dataset.meta['num_keypoints']} landmarks per face, the "
                             f"checkpoint {args.checkpoint} predicts {model.config['num_keypoints']}")
         loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                            pin_memory=device.type == "cuda")
+                            pin_memory=device.type == "cuda", collate_fn=collate_readable)
         metrics, pred = evaluate(model.to(device), loader, device, args.flip_test)
     except (CheckpointError, DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     metrics.update(checkpoint=str(args.checkpoint), ann=str(args.ann), flip_test=args.flip_test,
                    epoch=checkpoint.get("epoch"))
+    for path in metrics["unreadable_images"]:
+        print(f"warning: {path}: cannot read image; left out of the metrics", file=sys.stderr)
     print(format_summary(metrics))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(metrics, indent=1))
         print(f"wrote {args.out}")
     if args.vis:
-        default_dir = Path(args.out).parent if args.out else Path(args.checkpoint).parent
-        write_visualisations(dataset, pred, args.vis, Path(args.vis_dir) if args.vis_dir else default_dir / "vis")
+        vis_dir = Path(args.vis_dir) if args.vis_dir else Path(args.out or args.checkpoint).parent / "vis"
+        label = Path(args.checkpoint).parent.name + (", flip test" if args.flip_test else "")
+        plot_ced(metrics, vis_dir / "ced.png", label)
+        per_image = np.full(len(dataset), np.nan)
+        per_image[np.isfinite(pred).all(axis=(1, 2))] = np.array(metrics["per_image_nme"], dtype=float)
+        write_visualisations(dataset, pred, per_image, args.vis, vis_dir)
+        print(f"wrote {vis_dir / 'ced.png'}")
+    if metrics["unreadable_images"]:
+        print(f"error: {len(metrics['unreadable_images'])} of {len(dataset)} images could not be read "
+              "(listed above); the metrics cover the rest", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,6 +16,8 @@ import json
 import math
 import os
 import random
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,15 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from dataset import Augmentation, DataError, LandmarkDataset, heatmap_targets
-from evaluate import evaluate, pick_device
+from dataset import Augmentation, DataError, LandmarkDataset, collate_readable, heatmap_targets
+from evaluate import evaluate, pick_device, plot_training_curves
 from geometry import input_to_heatmap
 from model import HEATMAP_STRIDE, CheckpointError, LandmarkModel, WeightsUnavailable
 
 DEFAULT_ANN_ROOT = "data/dogflw/annotations"
+RESUME_KEYS = ("model", "train_model", "model_config", "keypoint_meta", "optimizer", "scheduler", "scaler",
+               "epoch", "best_nme", "args")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     loss.add_argument("--sigma", type=float, default=2.0, help="Gaussian target sigma in heatmap pixels")
     loss.add_argument("--heatmap-loss-weight", type=float, default=1.0)
     loss.add_argument("--coord-loss-weight", type=float, default=1.0, help="L1 on soft-argmax coordinates")
+    loss.add_argument("--keypoint-weights", help="JSON file with one weight per landmark for both losses "
+                      "(default: the annotations' keypoint_weights, else all 1)")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=210)
     opt.add_argument("--batch-size", type=int, default=32)
@@ -73,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--resume", help="last.pth to continue from (backbone, input size and crop "
                      "padding come from it)")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--max-nonfinite-steps", type=int, default=20,
+                     help="stop after this many steps in a row with a non-finite loss or gradient")
+    run.add_argument("--max-unreadable", type=float, default=0.02,
+                     help="stop when more than this fraction of an epoch's images cannot be read")
     args = parser.parse_args(argv)
     if args.work_dir is None:
         args.work_dir = str(Path(args.resume).parent) if args.resume else f"work_dirs/{args.backbone}_{args.input_size}"
@@ -95,32 +105,87 @@ def prepare_annotations(ann_root: Path, data_root: str | None) -> tuple[Path, Pa
     raise DataError(f"{ann_root}: has train.json but neither test.json nor val.json to validate on")
 
 
-def seed_worker(worker_id: int) -> None:
-    """Give each DataLoader worker its own NumPy random stream, derived from torch's seed."""
-    np.random.seed(torch.initial_seed() % 2**32)
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (non-finite loss, unreadable data, a checkpoint it cannot write)."""
+
+
+class Interrupted(TrainingStopped):
+    """SIGINT or SIGTERM arrived; last.pth was saved first."""
+
+
+class EpochSampler(Sampler):
+    """A seeded shuffle per epoch, shared out across DDP ranks, yielding (index, epoch).
+
+    The epoch travels with each index so that a sample's augmentation is fixed by
+    (seed, epoch, index), even in persistent workers. `start_batch` skips the batches a
+    resumed run has already trained on.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = size // (batch_size * world_size)
+        self.epoch, self.start_batch = 1, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        mine = order[: self.batches_per_epoch * self.batch_size * self.world_size][self.rank::self.world_size]
+        return iter([(int(i), self.epoch) for i in mine[self.start_batch * self.batch_size:]])
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def load_keypoint_weights(path: str | None, meta: dict) -> torch.Tensor:
+    """Per-landmark loss weights (K,) from a JSON list, the annotations, or all ones; mean 1."""
+    k = meta["num_keypoints"]
+    weights = meta.get("keypoint_weights")
+    if path is not None:
+        try:
+            weights = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: not a readable JSON list of landmark weights ({err})") from None
+    if weights is None:
+        return torch.ones(k)
+    source = path or "the annotations' keypoint_weights"
+    try:
+        tensor = torch.tensor(weights, dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise DataError(f"{source}: landmark weights must be a list of {k} numbers") from None
+    if tensor.shape != (k,) or not torch.isfinite(tensor).all() or (tensor < 0).any() or tensor.sum() <= 0:
+        raise DataError(f"{source}: landmark weights must be {k} finite numbers >= 0, not all 0")
+    return tensor * k / tensor.sum()
 
 
 def landmark_loss(model: LandmarkModel, logits: torch.Tensor, keypoints: torch.Tensor, sigma: float,
-                  heatmap_weight: float, coord_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+                  heatmap_weight: float, coord_weight: float, keypoint_weights: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
     """Heatmap MSE against Gaussian targets plus L1 on the soft-argmax coordinates.
 
-    Both are measured in heatmap pixels. The heatmap term is the squared error summed over a
-    map divided by the target's energy (pi sigma^2), so it starts near 1 for any map size.
-    Landmarks that augmentation pushed out of the crop get no coordinate loss: the soft-argmax
-    cannot reach them, while their heatmap target (empty or cut) is still learned.
+    Both are measured in heatmap pixels and weighted per landmark (`keypoint_weights`, mean 1).
+    The heatmap term is the squared error summed over a map divided by the target's energy
+    (pi sigma^2), so it starts near 1 for any map size. Landmarks that augmentation pushed out
+    of the crop get no coordinate loss: the soft-argmax cannot reach them, while their heatmap
+    target (empty or cut) is still learned.
     """
     logits = logits.float()
     height, width = logits.shape[-2:]
+    weights = torch.ones(logits.shape[1], device=logits.device) if keypoint_weights is None else keypoint_weights
     target_points = input_to_heatmap(keypoints, HEATMAP_STRIDE)
     heatmap_loss = coord_loss = logits.new_zeros(())
     if heatmap_weight > 0:
         targets = heatmap_targets(target_points, height, width, sigma)
-        heatmap_loss = ((logits - targets) ** 2).sum(dim=(-2, -1)).mean() / (math.pi * sigma**2)
+        per_map = ((logits - targets) ** 2).sum(dim=(-2, -1)) / (math.pi * sigma**2)  # (B, K)
+        heatmap_loss = (per_map * weights).mean()
     if coord_weight > 0:
         pred_points = model.decode(logits)[0]
         inside = ((keypoints >= -0.5) & (keypoints <= model.config["input_size"] - 0.5)).all(dim=-1)
         error = F.l1_loss(pred_points, keypoints, reduction="none").sum(dim=-1) / HEATMAP_STRIDE
-        coord_loss = (error * inside).sum() / inside.sum().clamp_min(1)
+        coord_loss = (error * weights * inside).sum() / (weights * inside).sum().clamp_min(1e-6)
     loss = heatmap_weight * heatmap_loss + coord_weight * coord_loss
     return loss, {"heatmap": heatmap_loss.item(), "coord": coord_loss.item()}
 
@@ -158,22 +223,102 @@ def update_ema(ema: LandmarkModel, model: LandmarkModel, decay: float) -> None:
             v.copy_(state[k])
 
 
+@torch.no_grad()
+def copy_tensors(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """targets[i] <- sources[i], in one fused call where torch has it."""
+    if hasattr(torch, "_foreach_copy_"):
+        torch._foreach_copy_(targets, sources)
+    else:
+        for target, source in zip(targets, sources):
+            target.copy_(source)
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
     """torch.save to a temporary file, then an atomic rename: never a half-written checkpoint."""
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise TrainingStopped(f"{path}: cannot write the checkpoint ({err}); the previous one is intact") from None
 
 
-def check_writable(work_dir: Path) -> None:
-    """Fail at start-up, not after an epoch, if the run folder cannot be written."""
+def check_writable(work_dir: Path, needed_bytes: int) -> None:
+    """Fail at start-up, not after an epoch, if the run folder cannot take the checkpoints."""
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
         probe = work_dir / ".write_test"
         probe.write_bytes(b"\0" * 1024)
         probe.unlink()
+        free = shutil.disk_usage(work_dir).free
     except OSError as err:
-        raise DataError(f"{work_dir}: cannot write to the run folder ({err.strerror})") from None
+        raise DataError(f"{work_dir}: cannot write to the run folder ({err.strerror or err})") from None
+    if free < needed_bytes:
+        raise DataError(f"{work_dir}: {free / 2**20:.0f} MB free, the checkpoints need about "
+                        f"{needed_bytes / 2**20:.0f} MB; free some space or choose another --work-dir")
+
+
+def checkpoint_bytes(model: LandmarkModel) -> int:
+    """Disk needed by last.pth, best.pth and a temporary copy: each holds the weights four times
+    (inference EMA, training weights, two AdamW moments)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return 3 * 4 * sum(t.numel() * t.element_size() for t in tensors)
+
+
+def trim_metrics_log(path: Path, last_epoch: int) -> None:
+    """Drop lines of epochs after `last_epoch` (written before a crash, redone after resuming)."""
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= last_epoch]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class StopRequest:
+    """Turns SIGINT (Ctrl-C) and SIGTERM (spot or job preemption) into a flag checked between steps,
+    so the run can save a checkpoint at a clean point instead of dying mid-update."""
+
+    def __init__(self):
+        self.signal_name = None
+        self.previous = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.request)
+        return self
+
+    def request(self, signum: int, frame) -> None:
+        if self.signal_name:
+            raise KeyboardInterrupt  # a second Ctrl-C quits at once
+        self.signal_name = signal.Signals(signum).name
+        print(f"\n{self.signal_name}: saving last.pth after this step (again to quit at once)", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def training_state(model: LandmarkModel, ema: LandmarkModel | None, optimizer, scheduler, scaler, meta: dict,
+                   args: argparse.Namespace, epoch: int, next_batch: int, best_nme: float,
+                   metrics: dict | None) -> dict:
+    """Everything a checkpoint holds: the inference model and its config, and the full training state.
+
+    `epoch` is the last finished epoch; `next_batch` > 0 means epoch + 1 stopped after that many batches.
+    """
+    return {
+        "model": (ema or model).state_dict(), "train_model": model.state_dict(),
+        "model_config": model.config, "keypoint_meta": meta, "epoch": epoch, "next_batch": next_batch,
+        "best_nme": best_nme, "metrics": metrics, "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "args": vars(args),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def train(args: argparse.Namespace) -> float:
@@ -183,25 +328,30 @@ def train(args: argparse.Namespace) -> float:
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     work_dir = Path(args.work_dir)
-    check_writable(work_dir)
     checkpoint = None
     if args.resume:
         try:
             checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
-            model_config, saved_args = checkpoint["model_config"], checkpoint["args"]
         except Exception as err:
             raise CheckpointError(f"{args.resume}: cannot resume from it ({type(err).__name__}: {err})") from None
+        missing = [k for k in RESUME_KEYS if k not in checkpoint] if isinstance(checkpoint, dict) else RESUME_KEYS
+        if missing:
+            raise CheckpointError(f"{args.resume}: not a training checkpoint of train_simple.py "
+                                  f"(no {', '.join(missing)})")
+        model_config, saved_args = checkpoint["model_config"], checkpoint["args"]
         # the model and its crops are defined by the checkpoint, not by this command line
         args.backbone, args.input_size = model_config["backbone"], model_config["input_size"]
         args.neck_channels, args.box_padding = model_config["neck_channels"], saved_args["box_padding"]
     train_ann, val_ann = prepare_annotations(Path(args.ann_root), args.data_root)
 
     augmentation = Augmentation(**{f: getattr(args, f"aug_{f}") for f in vars(Augmentation())})
-    train_set = LandmarkDataset(train_ann, args.data_root, args.input_size, args.box_padding, augmentation)
+    train_set = LandmarkDataset(train_ann, args.data_root, args.input_size, args.box_padding, augmentation,
+                                seed=args.seed)
     val_set = LandmarkDataset(val_ann, args.data_root, args.input_size, args.box_padding)
     meta = train_set.meta
     if val_set.meta["num_keypoints"] != meta["num_keypoints"]:
         raise DataError(f"{val_ann}: {val_set.meta['num_keypoints']} landmarks, {train_ann}: {meta['num_keypoints']}")
+    keypoint_weights = load_keypoint_weights(args.keypoint_weights, meta).to(device)
 
     if checkpoint is not None:
         if model_config["num_keypoints"] != meta["num_keypoints"]:
@@ -211,21 +361,21 @@ def train(args: argparse.Namespace) -> float:
     else:
         model = LandmarkModel(args.backbone, meta["num_keypoints"], args.input_size, args.neck_channels,
                               pretrained=not args.no_pretrained, pretrained_path=args.pretrained_path)
+    check_writable(work_dir, checkpoint_bytes(model))
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False) if args.ema_decay > 0 else None
     eval_model = ema if ema is not None else model
 
-    pin = device.type == "cuda"
-    workers = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
-                   worker_init_fn=seed_worker, pin_memory=pin)
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                              generator=torch.Generator().manual_seed(args.seed), **workers)
-    val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, **workers)
-    if len(train_loader) == 0:
+    sampler = EpochSampler(len(train_set), args.batch_size, args.seed)
+    if sampler.batches_per_epoch == 0:
         raise DataError(f"{train_ann}: {len(train_set)} images, fewer than one batch of {args.batch_size}")
+    workers = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
+                   worker_init_fn=ignore_stop_signals, pin_memory=device.type == "cuda", collate_fn=collate_readable)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **workers)
+    val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, **workers)
 
     optimizer = build_optimizer(model, args)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = sampler.batches_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch))
     amp_dtype = None
@@ -233,7 +383,7 @@ def train(args: argparse.Namespace) -> float:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-    start_epoch, best_nme = 1, float("inf")
+    start_epoch, start_batch, best_nme, metrics = 1, 0, float("inf"), None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["train_model"])
         if ema is not None:
@@ -241,59 +391,106 @@ def train(args: argparse.Namespace) -> float:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch, best_nme = checkpoint["epoch"] + 1, checkpoint["best_nme"]
-        print(f"resumed from {args.resume} at epoch {checkpoint['epoch']} (best NME_IOD {best_nme:.3f})")
+        if checkpoint.get("torch_rng") is not None:
+            torch.set_rng_state(checkpoint["torch_rng"])
+        if checkpoint.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
+        start_epoch, start_batch = checkpoint["epoch"] + 1, checkpoint.get("next_batch", 0)
+        best_nme, metrics = checkpoint["best_nme"], checkpoint["metrics"]
+        trim_metrics_log(work_dir / "metrics.jsonl", checkpoint["epoch"])
+        print(f"resumed from {args.resume} at epoch {checkpoint['epoch']}"
+              + (f" + {start_batch} batches" if start_batch else "") + f" (best NME_IOD {best_nme:.3f})")
+
+    def state(epoch: int, next_batch: int = 0) -> dict:
+        return training_state(model, ema, optimizer, scheduler, scaler, meta, args, epoch, next_batch,
+                              best_nme, metrics)
 
     print(f"{len(train_set)} train / {len(val_set)} val images, {meta['num_keypoints']} landmarks; "
           f"{model.config['backbone']} at {model.config['input_size']} on {device}; run folder {work_dir}")
-    for epoch in range(start_epoch, args.epochs + 1):
-        model.train()
-        start = time.time()
-        sums = {"loss": 0.0, "heatmap": 0.0, "coord": 0.0}
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.epochs}", mininterval=1.0, dynamic_ncols=True)
-        for i, batch in enumerate(bar):
-            images = batch["image"].to(device, non_blocking=True).float()
-            keypoints = batch["keypoints"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(images)
-            loss, parts = landmark_loss(model, logits, keypoints, args.sigma,
-                                        args.heatmap_loss_weight, args.coord_loss_weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                step = (epoch - 1) * steps_per_epoch + i + 1
-                update_ema(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
-            sums["loss"] += loss.item()
-            for k, v in parts.items():
-                sums[k] += v
-            seen = (i + 1) * args.batch_size
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            img_s=f"{seen / (time.time() - start):.0f}", refresh=False)
-        train_time = time.time() - start
-        metrics, _ = evaluate(eval_model, val_loader, device)
-        record = {"epoch": epoch, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
-                  "lr": scheduler.get_last_lr()[0], "val_nme_iod": metrics["nme_iod"],
-                  "val_failure_rate": metrics["failure_rate_10"], "val_auc": metrics["auc_10"],
-                  "train_images_per_s": steps_per_epoch * args.batch_size / train_time,
-                  "epoch_time_s": time.time() - start}
-        with open(work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        improved = metrics["nme_iod"] < best_nme
-        best_nme = min(best_nme, metrics["nme_iod"])
-        state = {
-            "model": eval_model.state_dict(), "train_model": model.state_dict(),
-            "model_config": model.config, "keypoint_meta": meta, "epoch": epoch, "best_nme": best_nme,
-            "metrics": metrics, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "args": vars(args),
-        }
-        save_checkpoint(state, work_dir / "last.pth")
-        if improved:
-            save_checkpoint(state, work_dir / "best.pth")
-        print(f"epoch {epoch}: loss {record['train_loss']:.4f}, val NME_IOD {metrics['nme_iod']:.3f} "
-              f"(best {best_nme:.3f}), {record['train_images_per_s']:.0f} img/s, {record['epoch_time_s']:.0f} s")
+    # a skipped step must not leave its forward pass in the BatchNorm statistics either
+    buffers = list(model.buffers())
+    buffers_before_step = [b.clone() for b in buffers]
+    bad_steps = 0
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, args.epochs + 1):
+            model.train()
+            sampler.set_epoch(epoch, start_batch)
+            start = time.time()
+            sums = {"loss": 0.0, "heatmap": 0.0, "coord": 0.0}
+            steps_done, unreadable = 0, []
+            bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.epochs}", mininterval=1.0, dynamic_ncols=True)
+            for i, batch in enumerate(bar, start=start_batch):
+                unreadable += batch["unreadable"]
+                if len(unreadable) > args.max_unreadable * len(train_set):
+                    raise TrainingStopped(f"{len(unreadable)} training images could not be read this epoch "
+                                          f"(limit {args.max_unreadable:.0%}), e.g. {unreadable[0]}")
+                if "image" in batch:
+                    images = batch["image"].to(device, non_blocking=True).float()
+                    keypoints = batch["keypoints"].to(device, non_blocking=True)
+                    copy_tensors(buffers_before_step, buffers)
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        logits = model(images)
+                    loss, parts = landmark_loss(model, logits, keypoints, args.sigma, args.heatmap_loss_weight,
+                                                args.coord_loss_weight, keypoint_weights)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()
+                    # an fp16 scaler overflows on purpose now and then; it skips those steps itself
+                    finite = math.isfinite(loss.item()) and (scaler.is_enabled() or math.isfinite(grad_norm))
+                    bad_steps = 0 if finite else bad_steps + 1
+                    if finite:
+                        scaler.step(optimizer)
+                        scaler.update()
+                        if ema is not None:
+                            step = (epoch - 1) * steps_per_epoch + i + 1
+                            update_ema(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
+                        steps_done += 1
+                        sums["loss"] += loss.item()
+                        for k, v in parts.items():
+                            sums[k] += v
+                    else:
+                        copy_tensors(buffers, buffers_before_step)
+                        tqdm.write(f"warning: epoch {epoch} batch {i}: non-finite loss or gradient, step skipped")
+                        if bad_steps >= args.max_nonfinite_steps:
+                            save_checkpoint(state(epoch - 1, i), work_dir / "last.pth")
+                            raise TrainingStopped(
+                                f"{bad_steps} steps in a row with a non-finite loss or gradient; stopped. "
+                                f"{work_dir / 'last.pth'} holds the last good weights (try a lower --lr)")
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+                scheduler.step()
+                if stop.signal_name:
+                    save_checkpoint(state(epoch - 1, i + 1), work_dir / "last.pth")
+                    raise Interrupted(f"{stop.signal_name}: saved {work_dir / 'last.pth'} at epoch {epoch}, "
+                                          f"batch {i + 1}/{steps_per_epoch}; continue with "
+                                          f"--resume {work_dir / 'last.pth'}")
+            train_time = time.time() - start
+            start_batch = 0
+            metrics, _ = evaluate(eval_model, val_loader, device)
+            record = {"epoch": epoch, **{f"train_{k}": v / max(1, steps_done) for k, v in sums.items()},
+                      "lr": scheduler.get_last_lr()[0], "val_nme_iod": metrics["nme_iod"],
+                      "val_failure_rate": metrics["failure_rate_10"], "val_auc": metrics["auc_10"],
+                      "train_unreadable": len(unreadable), "val_unreadable": len(metrics["unreadable_images"]),
+                      "train_images_per_s": steps_done * args.batch_size / train_time,
+                      "epoch_time_s": time.time() - start}
+            with open(work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            improved = metrics["nme_iod"] < best_nme
+            best_nme = min(best_nme, metrics["nme_iod"])
+            save_checkpoint(state(epoch), work_dir / "last.pth")
+            if improved:
+                save_checkpoint(state(epoch), work_dir / "best.pth")
+            skipped = f", {len(unreadable)} unreadable images skipped" if unreadable else ""
+            print(f"epoch {epoch}: loss {record['train_loss']:.4f}, val NME_IOD {metrics['nme_iod']:.3f} "
+                  f"(best {best_nme:.3f}), {record['train_images_per_s']:.0f} img/s, "
+                  f"{record['epoch_time_s']:.0f} s{skipped}")
+            for path in unreadable + metrics["unreadable_images"]:
+                print(f"warning: {path}: cannot read image; skipped")
+            if stop.signal_name:
+                raise Interrupted(f"{stop.signal_name}: saved {work_dir / 'last.pth'} after epoch {epoch}; "
+                                      f"continue with --resume {work_dir / 'last.pth'}")
+    if (work_dir / "metrics.jsonl").exists():
+        plot_training_curves(work_dir / "metrics.jsonl", work_dir / "curves.png")
     return best_nme
 
 
@@ -301,7 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         best_nme = train(args)
-    except (DataError, CheckpointError, WeightsUnavailable) as err:
+    except Interrupted as err:
+        print(f"interrupted by {err}", file=sys.stderr)
+        return 130
+    except (DataError, CheckpointError, WeightsUnavailable, TrainingStopped) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"best val NME_IOD {best_nme:.3f}; checkpoints in {args.work_dir}")

@@ -83,6 +83,22 @@ def make_faces(root: Path, splits: dict[str, int], meta: dict, image_size: int =
     return root
 
 
+BROKEN_CHECKPOINTS = ("truncated", "foreign", "text")
+
+
+def write_broken_checkpoint(path: Path, kind: str, good: Path) -> Path:
+    """A .pth that must be refused: the first 4 KB of a good one, someone else's state dict, or text."""
+    import torch
+
+    if kind == "truncated":
+        path.write_bytes(good.read_bytes()[:4096])
+    elif kind == "foreign":
+        torch.save({"state_dict": torch.load(good, weights_only=False)["model"]}, path)
+    else:
+        path.write_text("not a checkpoint")
+    return path
+
+
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run a project script as a user would, from the repository root."""
     result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
@@ -103,3 +119,19 @@ def small_meta_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("meta") / "meta.json"
     path.write_text(json.dumps(SMALL_META))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict[str, Path]:
+    """A real one-epoch run on small synthetic faces (SMALL_META, 64 px crops): the faces' root,
+    the annotation folder and the run folder with best.pth and metrics.jsonl."""
+    import train_simple
+    from tools.convert_dogflw_to_coco import convert
+
+    base = tmp_path_factory.mktemp("tiny_run")
+    root = make_faces(base / "faces", {"train": 16, "val": 8}, SMALL_META, image_size=80)
+    convert(root, base / "ann", SMALL_META)
+    train_simple.train(train_simple.parse_args([
+        "--ann-root", str(base / "ann"), "--backbone", "resnet18", "--input-size", "64", "--no-pretrained",
+        "--batch-size", "8", "--num-workers", "0", "--epochs", "1", "--work-dir", str(base / "run")]))
+    return {"root": root, "ann": base / "ann", "run": base / "run", "checkpoint": base / "run" / "best.pth"}

@@ -125,3 +125,84 @@ def test_download_failure_says_what_to_do(monkeypatch):
 def test_empty_root_is_an_error(tmp_path):
     result = run_cli("tools/convert_dogflw_to_coco.py", "--dogflw_root", str(tmp_path), check=False)
     assert result.returncode == 1 and "no split folder" in result.stderr
+
+
+def fuzzed_label(valid: dict, rng) -> bytes:
+    """A label file that is wrong in one random way (bytes, JSON shape, types, values)."""
+    label = json.loads(json.dumps(valid))
+    k = int(rng.integers(len(label["landmarks"])))
+    point_breakers = ["12", None, [1.0], [1.0, 2.0, 3.0], {"x": 1}, [True, 1.0], ["abc", 1.0],
+                      [float("inf"), 1.0], [float("nan"), 1.0], [10**400, 1.0], [1e300, 5.0], [[1.0], 2.0]]
+    box_breakers = [[0, 0, 9], [0, 0, 9, 9, 9], ["a", "0", "9", "9"], ["9", "0", "1", "9"], ["1e999", 0, 9, 9],
+                    None, {"x1": 0}, "0 0 9 9", [0, 0, 9, 1e300], []]
+    kind = rng.integers(9)
+    if kind == 0:
+        return b""
+    if kind == 1:
+        return b"\xff" + rng.bytes(int(rng.integers(1, 64)))  # never valid UTF-8
+    if kind == 2:
+        text = json.dumps(label)
+        return text[: int(rng.integers(1, len(text) - 1))].encode()  # truncated object
+    if kind == 3:
+        return json.dumps([None, 3, "label", label["landmarks"]][int(rng.integers(4))]).encode()
+    if kind == 4:
+        del label[["landmarks", "bounding_boxes"][int(rng.integers(2))]]
+    elif kind == 5:
+        label["landmarks"][k] = point_breakers[int(rng.integers(len(point_breakers)))]
+    elif kind == 6:
+        label["bounding_boxes"] = box_breakers[int(rng.integers(len(box_breakers)))]
+    elif kind == 7:
+        label["landmarks"] = label["landmarks"][: int(rng.integers(len(label["landmarks"])))]
+    else:
+        return ("[" * 100_000 + "]" * 100_000).encode()
+    return json.dumps(label).encode()
+
+
+def test_fuzzed_labels_are_skipped_with_a_reason_never_a_traceback(tmp_path, capsys):
+    import numpy as np
+    rng = np.random.default_rng(2026)
+    root = make_faces(tmp_path / "fuzz", {"train": 64, "test": 2}, SMALL_META)
+    fuzzed = [label_path(root, "train", n) for n in range(4, 64)]
+    for path in fuzzed:
+        path.write_bytes(fuzzed_label(json.loads(path.read_text()), rng))
+    assert convert(root, tmp_path / "ann", SMALL_META) == {"train": 4, "test": 2}
+    problems = capsys.readouterr().err.strip().splitlines()
+    assert sorted(line.split(": ")[0] for line in problems) == sorted(str(p) for p in fuzzed)
+    assert len(json.loads((tmp_path / "ann" / "train.json").read_text())["annotations"]) == 4
+
+    out = tmp_path / "strict"
+    code = convert_mod.main(["--dogflw_root", str(root), "--meta", str(write_meta(tmp_path, SMALL_META)),
+                             "--out_dir", str(out), "--strict"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("error: ") and "nothing written" in err[-1]
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def write_meta(tmp_path, meta: dict):
+    path = tmp_path / "meta.json"
+    path.write_text(json.dumps(meta))
+    return path
+
+
+def test_far_outside_coordinates_are_skipped(root, tmp_path, capsys):
+    path = label_path(root, "train", 1)
+    label = json.loads(path.read_text())
+    label["landmarks"][5] = [1e12, 3.0]
+    path.write_text(json.dumps(label))
+    assert convert(root, tmp_path / "ann", DOGFLW_META)["train"] == 4
+    assert f"{path}: point (1e+12, 3) lies far outside" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"flip_index": [1, 0, 3, 2, 4, 6, 5, 5]}, "not a permutation"),
+    ({"flip_index": [1, 2, 0, 3, 4, 6, 5, 7]}, "own inverse"),
+    ({"iod_pair": [0, 99]}, "iod_pair"),
+    ({"regions": {"eyes": [0, 42]}}, "region 'eyes'"),
+    ({"keypoints": ["a", "b"]}, "2 keypoint names"),
+])
+def test_bad_meta_file_is_refused_before_converting(root, tmp_path, capsys, change, message):
+    meta = write_meta(tmp_path, {**SMALL_META, **change})
+    code = convert_mod.main(["--dogflw_root", str(root), "--meta", str(meta), "--out_dir", str(tmp_path / "ann")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and message in err[0] and str(meta) in err[0]
+    assert not (tmp_path / "ann").exists()

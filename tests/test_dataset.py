@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import SMALL_META, make_faces, palette
-from dataset import Augmentation, DataError, LandmarkDataset, heatmap_targets, load_coco, validate_keypoint_meta
+from dataset import (Augmentation, DataError, LandmarkDataset, collate_readable, heatmap_targets, load_coco,
+                     validate_keypoint_meta)
 from geometry import apply_affine, box_to_center_size, crop_affine
 from tools.convert_dogflw_to_coco import convert
 
@@ -41,10 +42,9 @@ def test_augmented_landmarks_stay_on_their_discs(toy_ann, flip_prob):
     aug = Augmentation(flip_prob=flip_prob, color=0, blur_prob=0, noise_prob=0, erase_prob=0)
     dataset = LandmarkDataset(toy_ann, None, 128, augmentation=aug)
     colours = palette(SMALL_META["flip_index"])
-    np.random.seed(0)
     checked = 0
     for index in range(len(dataset)):
-        sample = dataset[index]
+        sample = dataset[(index, 1)]
         image = sample["image"].permute(1, 2, 0).numpy().astype(int)
         for i, (x, y) in enumerate(sample["keypoints"].numpy()):
             if 2 <= x <= 125 and 2 <= y <= 125:
@@ -58,6 +58,29 @@ def test_photometric_augmentation_keeps_uint8_and_shape(toy_ann):
     dataset = LandmarkDataset(toy_ann, None, 64, augmentation=Augmentation(blur_prob=1, noise_prob=1, erase_prob=1))
     image = dataset[0]["image"]
     assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
+
+
+def test_augmentation_is_fixed_by_seed_epoch_and_index(toy_ann):
+    dataset = LandmarkDataset(toy_ann, None, 64, augmentation=Augmentation(), seed=5)
+    first, again, next_epoch = dataset[(2, 1)], dataset[(2, 1)], dataset[(2, 2)]
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["keypoints"], again["keypoints"])
+    assert not torch.equal(first["keypoints"], next_epoch["keypoints"])
+    other_seed = LandmarkDataset(toy_ann, None, 64, augmentation=Augmentation(), seed=6)[(2, 1)]
+    assert not torch.equal(first["keypoints"], other_seed["keypoints"])
+
+
+def test_unreadable_image_is_set_aside_by_the_collate(toy_ann):
+    dataset = LandmarkDataset(toy_ann, None, 64)
+    path = dataset.data_root / dataset.records[1]["file"]
+    original = path.read_bytes()
+    path.write_bytes(b"not an image")
+    try:
+        batch = collate_readable([dataset[0], dataset[1], dataset[2]])
+        alone = collate_readable([dataset[1]])
+    finally:
+        path.write_bytes(original)
+    assert batch["image"].shape[0] == 2 and batch["index"].tolist() == [0, 2]
+    assert batch["unreadable"] == [str(path)] and alone == {"unreadable": [str(path)]}
 
 
 def test_heatmap_target_has_its_peak_at_the_sub_pixel_centre():

@@ -1,7 +1,13 @@
+import json
+
 import numpy as np
 import pytest
 
-from evaluate import compute_metrics, draw_landmarks
+import evaluate
+from conftest import BROKEN_CHECKPOINTS, DOGFLW_META, write_broken_checkpoint
+from dataset import LandmarkDataset
+from evaluate import ced_curve, compute_metrics, draw_landmarks, plot_ced, plot_training_curves, write_visualisations
+from tools.convert_dogflw_to_coco import convert
 
 
 def two_images():
@@ -60,3 +66,93 @@ def test_draw_landmarks_marks_prediction_and_truth():
     image = np.zeros((50, 50, 3), dtype=np.uint8)
     canvas = draw_landmarks(image, np.array([[10.0, 10.0]]), np.array([[40.0, 40.0]]))
     assert canvas[10, 10, 0] > 200 and canvas[40, 40, 1] > 150 and image.max() == 0
+
+
+def test_per_image_nme_is_listed_in_input_order():
+    pred, gt = two_images()
+    gt = np.concatenate([gt[:1], [[[3, 3], [3, 3], [4, 4]]], gt[1:]])  # a zero-IOD image in the middle
+    pred = np.concatenate([pred[:1], [[[9, 9], [3, 3], [4, 4]]], pred[1:]])
+    assert compute_metrics(pred, gt, [0, 1])["per_image_nme"] == [pytest.approx(50 / 3), None, pytest.approx(4)]
+
+
+def test_ced_curve_is_what_auc_and_failure_rate_measure():
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0, 100, size=(40, 5, 2))
+    pred = gt + rng.normal(0, 1, size=gt.shape) * rng.uniform(0.5, 12, size=(40, 1, 1))
+    metrics = compute_metrics(pred, gt, [0, 1])
+    x, y = ced_curve(np.array(metrics["per_image_nme"]))
+    assert x[0] == 0 and x[-1] == 10 and np.all(np.diff(x) >= 0) and np.all(np.diff(y) >= 0)
+    area = np.sum(y[:-1] * np.diff(x))  # the step curve drawn with where="post"
+    assert area / 10 * 100 == pytest.approx(metrics["auc_10"], abs=0.1)
+    assert y[-1] == pytest.approx(1 - metrics["failure_rate_10"] / 100)
+
+
+def test_ced_and_training_curve_pngs_are_written(tmp_path):
+    pred, gt = two_images()
+    metrics = compute_metrics(pred, gt, [0, 1])
+    figure = plot_ced(metrics, tmp_path / "plots" / "ced.png", "toy")
+    assert figure.axes[0].get_legend().get_texts()[0].get_text() == f"toy (AUC@10 {metrics['auc_10']:.2f})"
+    lines = [{"epoch": e, "train_loss": 2.0 / e, "train_heatmap": 1.0 / e, "train_coord": 1.0 / e,
+              "lr": 1e-3 / e, "val_nme_iod": 20.0 / e} for e in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "plots" / "curves.png")
+    for name in ("ced.png", "curves.png"):
+        data = (tmp_path / "plots" / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000
+
+
+def test_overlays_show_the_worst_images_and_skip_unread_ones(tiny_run, tmp_path):
+    dataset = LandmarkDataset(tiny_run["ann"] / "val.json", None, 64)
+    pred = np.stack([r["keypoints"] for r in dataset.records]) + 1.0
+    per_image = np.arange(len(dataset), dtype=float)  # image 7 is the worst...
+    pred[7], per_image[7] = np.nan, np.nan  # ...but was not read
+    write_visualisations(dataset, pred, per_image, 2, tmp_path / "vis")
+    names = sorted(p.name for p in (tmp_path / "vis").iterdir())
+    assert names[-2:] == ["worst_01_val_0006.png", "worst_02_val_0005.png"]
+    assert len(names) == 4 and all(n.startswith("random_val_000") and n[-5] in "01234" for n in names[:2])
+
+
+def test_evaluate_vis_writes_ced_and_overlays(tiny_run, tmp_path):
+    out = tmp_path / "eval" / "metrics.json"
+    assert evaluate.main(["--checkpoint", str(tiny_run["checkpoint"]), "--ann", str(tiny_run["ann"] / "val.json"),
+                          "--out", str(out), "--vis", "2", "--device", "cpu", "--num-workers", "0"]) == 0
+    metrics = json.loads(out.read_text())
+    assert len(metrics["per_image_nme"]) == 8
+    names = sorted(p.name for p in (tmp_path / "eval" / "vis").iterdir())
+    assert names[0] == "ced.png" and len(names) == 5
+    assert sum(n.startswith("worst_") for n in names) == 2 and sum(n.startswith("random_") for n in names) == 2
+
+
+def evaluate_args(checkpoint, ann, *extra: str) -> list[str]:
+    return ["--checkpoint", str(checkpoint), "--ann", str(ann), "--device", "cpu", "--num-workers", "0", *extra]
+
+
+@pytest.mark.parametrize("kind", BROKEN_CHECKPOINTS)
+def test_broken_checkpoint_gives_one_error_line(tiny_run, tmp_path, capsys, kind):
+    path = write_broken_checkpoint(tmp_path / "best.pth", kind, tiny_run["checkpoint"])
+    assert evaluate.main(evaluate_args(path, tiny_run["ann"] / "val.json")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: ")
+
+
+def test_annotations_with_another_landmark_count_are_refused(tiny_run, dogflw_root, tmp_path, capsys):
+    convert(dogflw_root, tmp_path / "ann46", DOGFLW_META)
+    assert evaluate.main(evaluate_args(tiny_run["checkpoint"], tmp_path / "ann46" / "test.json")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has 46 landmarks per face" in err[0] and "predicts 8" in err[0]
+
+
+def test_unreadable_image_is_named_left_out_and_fails_the_run(tiny_run, tmp_path, capsys):
+    dataset = LandmarkDataset(tiny_run["ann"] / "val.json", None, 64)
+    path = dataset.data_root / dataset.records[2]["file"]
+    original = path.read_bytes()
+    path.write_bytes(b"truncated")
+    try:
+        code = evaluate.main(evaluate_args(tiny_run["checkpoint"], tiny_run["ann"] / "val.json",
+                                           "--out", str(tmp_path / "m.json")))
+    finally:
+        path.write_bytes(original)
+    out, err = capsys.readouterr()
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert code == 1 and f"warning: {path}: cannot read image" in err and "1 of 8 images could not be read" in err
+    assert metrics["num_images"] == 7 and metrics["unreadable_images"] == [str(path)]

@@ -1,17 +1,22 @@
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
+from collections import namedtuple
 
 import numpy as np
 import pytest
 import torch
 
 import train_simple
-from conftest import SMALL_META, make_faces, run_cli
+from conftest import BROKEN_CHECKPOINTS, REPO, SMALL_META, make_faces, run_cli, write_broken_checkpoint
 from dataset import LandmarkDataset, heatmap_targets
 from evaluate import compute_metrics
 from geometry import apply_affine, box_to_center_size, crop_affine, input_to_heatmap, invert_affine
 from model import HEATMAP_STRIDE, LandmarkModel
-from tools.convert_dogflw_to_coco import convert
+from tools.convert_dogflw_to_coco import DOGFLW_META, convert
 
 SMALL_RUN = ["--backbone", "resnet18", "--input-size", "64", "--no-pretrained", "--batch-size", "8",
              "--num-workers", "0"]
@@ -33,7 +38,7 @@ def test_convert_train_evaluate_resume_from_the_command_line(dogflw_root, tmp_pa
             "--out", str(run / "eval.json"), "--vis", "2", "--device", "cpu", "--num-workers", "0")
     evaluated = json.loads((run / "eval.json").read_text())
     assert evaluated["nme_iod"] == pytest.approx(best["metrics"]["nme_iod"], rel=1e-4)
-    assert len(list((run / "vis").glob("*.png"))) == 2
+    assert len(list((run / "vis").glob("random_*.png"))) == 2 and (run / "curves.png").stat().st_size > 0
 
     out = run_cli("train_simple.py", "--resume", str(run / "last.pth"), "--data-root", str(dogflw_root),
                   "--ann-root", str(ann), *SMALL_RUN, "--epochs", "3").stdout
@@ -116,3 +121,205 @@ def test_short_training_learns_the_landmarks(tmp_path):
     print(f"val NME_IOD {best_nme:.2f} vs mean shape {baseline:.2f}")
     assert baseline > 15
     assert best_nme < 0.25 * baseline
+
+
+# --- reliability: interrupted runs resume exactly, bad steps and bad data never crash a run ---
+
+@pytest.fixture(scope="module")
+def toy_ann(tmp_path_factory):
+    """48 training faces (12 batches of 4 per epoch) and 8 validation faces, 8 landmarks."""
+    root = make_faces(tmp_path_factory.mktemp("toy"), {"train": 48, "val": 8}, SMALL_META)
+    convert(root, root / "ann", SMALL_META)
+    return root / "ann"
+
+
+def toy_args(ann, run, *extra: str) -> list[str]:
+    return ["--ann-root", str(ann), *SMALL_RUN, "--batch-size", "4", "--epochs", "3", "--work-dir", str(run), *extra]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(toy_ann, tmp_path_factory):
+    """The folder of a 3-epoch run that nothing disturbed."""
+    run = tmp_path_factory.mktemp("uninterrupted")
+    run_cli("train_simple.py", *toy_args(toy_ann, run))
+    return run
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run):
+    """last.pth of that run."""
+    return torch.load(uninterrupted_run / "last.pth", weights_only=False)
+
+
+def interrupt_in_epoch_2(args: list[str], run, sig: int) -> subprocess.CompletedProcess:
+    """Start a training process, send `sig` half-way through its second epoch, wait for it to end."""
+    process = subprocess.Popen([sys.executable, "train_simple.py", *args], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (run / "best.pth").exists():  # written last, after epoch 1
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.02)
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    time.sleep(12 * 4 / first["train_images_per_s"] / 2)
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    for key in ("train_model", "model"):
+        assert a[key].keys() == b[key].keys()
+        different = [k for k in a[key] if not torch.equal(a[key][k], b[key][k])]
+        assert not different, f"{key}: {len(different)} tensors differ, e.g. {different[0]}"
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(toy_ann, uninterrupted, tmp_path):
+    run = tmp_path / "run"
+    killed = interrupt_in_epoch_2(toy_args(toy_ann, run), run, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert torch.load(run / "last.pth", weights_only=False)["epoch"] == 1  # epoch 2 was lost
+    out = run_cli("train_simple.py", *toy_args(toy_ann, run, "--resume", str(run / "last.pth"))).stdout
+    assert "resumed from" in out and "at epoch 1 " in out
+    final = torch.load(run / "last.pth", weights_only=False)
+    assert final["epoch"] == 3
+    assert_same_weights(final, uninterrupted)
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_ctrl_c_saves_last_pth_mid_epoch_and_resume_is_exact(toy_ann, uninterrupted, tmp_path):
+    run = tmp_path / "run"
+    stopped = interrupt_in_epoch_2(toy_args(toy_ann, run), run, signal.SIGINT)
+    assert stopped.returncode == 130, stopped.stderr
+    message = stopped.stderr.strip().splitlines()[-1]
+    assert message.startswith("interrupted by SIGINT: saved") and "--resume" in message
+    saved = torch.load(run / "last.pth", weights_only=False)
+    assert (saved["epoch"], saved["next_batch"] > 0) == (1, True), message  # inside epoch 2
+    out = run_cli("train_simple.py", *toy_args(toy_ann, run, "--resume", str(run / "last.pth"))).stdout
+    assert f"at epoch 1 + {saved['next_batch']} batches" in out
+    assert_same_weights(torch.load(run / "last.pth", weights_only=False), uninterrupted)
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops_with_good_weights(toy_ann, tmp_path, monkeypatch, capsys):
+    real_loss, calls = train_simple.landmark_loss, []
+
+    def loss_turning_nan(*args, **kwargs):
+        loss, parts = real_loss(*args, **kwargs)
+        calls.append(1)
+        # one bad step early (skipped, run goes on), then nothing but bad steps from epoch 2
+        return (loss * float("nan"), parts) if len(calls) == 3 or len(calls) > 12 else (loss, parts)
+    monkeypatch.setattr(train_simple, "landmark_loss", loss_turning_nan)
+    run = tmp_path / "run"
+    code = train_simple.main(toy_args(toy_ann, run, "--max-nonfinite-steps", "4"))
+    out, err = capsys.readouterr()
+    assert code == 1 and "4 steps in a row with a non-finite loss" in err.strip().splitlines()[-1]
+    assert out.count("non-finite loss or gradient, step skipped") == 5
+    last, best = (torch.load(run / f"{n}.pth", weights_only=False) for n in ("last", "best"))
+    assert (last["epoch"], last["next_batch"]) == (1, 3)
+    assert all(torch.isfinite(v).all() for v in last["train_model"].values() if v.is_floating_point())
+    assert_same_weights(last, best)  # nothing changed since the end of epoch 1
+
+
+def corrupt(path) -> None:
+    path.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    root = make_faces(tmp_path / "toy", {"train": 24, "val": 4}, SMALL_META)
+    convert(root, root / "ann", SMALL_META)
+    corrupt(root / "train" / "images" / "train_0005.png")
+    corrupt(root / "val" / "images" / "val_0001.png")
+    run = tmp_path / "run"
+    args = ["--ann-root", str(root / "ann"), *SMALL_RUN, "--epochs", "2", "--work-dir", str(run)]
+    assert train_simple.main([*args, "--max-unreadable", "0.1"]) == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["train_unreadable"], r["val_unreadable"]) for r in lines] == [(1, 1), (1, 1)]
+    assert torch.load(run / "last.pth", weights_only=False)["metrics"]["num_images"] == 3
+
+
+def test_too_many_unreadable_images_stop_the_run(tmp_path, capsys):
+    root = make_faces(tmp_path / "toy", {"train": 24, "val": 4}, SMALL_META)
+    convert(root, root / "ann", SMALL_META)
+    corrupt(root / "train" / "images" / "train_0005.png")
+    code = train_simple.main(["--ann-root", str(root / "ann"), *SMALL_RUN, "--work-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and "1 training images could not be read" in err[-1] and "train_0005.png" in err[-1]
+
+
+def test_no_space_or_unwritable_run_folder_is_refused_before_training(toy_ann, tmp_path, monkeypatch, capsys):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(train_simple.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 2**20, 5 * 2**20))
+    run = tmp_path / "run"
+    assert train_simple.main(toy_args(toy_ann, run)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "5 MB free, the checkpoints need about" in err[0]
+    assert list(run.iterdir()) == []  # nothing trained, nothing written
+    monkeypatch.undo()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert train_simple.main(toy_args(toy_ann, blocker / "run")) == 1
+    assert "cannot write to the run folder" in capsys.readouterr().err
+
+
+def test_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    train_simple.save_checkpoint({"epoch": 1}, path)
+
+    def disk_full(state, f):
+        open(f, "wb").write(b"half")
+        raise RuntimeError("PytorchStreamWriter failed writing file: No space left on device")
+    monkeypatch.setattr(train_simple.torch, "save", disk_full)
+    with pytest.raises(train_simple.TrainingStopped, match="previous one is intact"):
+        train_simple.save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["epoch"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
+
+
+@pytest.mark.parametrize("kind", BROKEN_CHECKPOINTS)
+def test_broken_resume_checkpoint_gives_one_line(toy_ann, uninterrupted_run, tmp_path, capsys, kind):
+    path = write_broken_checkpoint(tmp_path / "last.pth", kind, uninterrupted_run / "last.pth")
+    assert train_simple.main(toy_args(toy_ann, tmp_path / "run", "--resume", str(path))) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: ")
+
+
+def test_resume_against_annotations_with_another_landmark_count_is_refused(
+        uninterrupted_run, dogflw_root, tmp_path, capsys):
+    convert(dogflw_root, tmp_path / "ann46", DOGFLW_META)
+    code = train_simple.main(toy_args(tmp_path / "ann46", tmp_path / "run", "--resume",
+                                      str(uninterrupted_run / "last.pth")))
+    assert code == 1 and "predicts 8 landmarks" in capsys.readouterr().err
+
+
+def test_keypoint_weights_from_a_file_and_bad_ones_refused(tmp_path):
+    meta = {"num_keypoints": 4, "keypoint_weights": None}
+    assert torch.equal(train_simple.load_keypoint_weights(None, meta), torch.ones(4))
+    path = tmp_path / "w.json"
+    path.write_text("[1, 1, 2, 4]")
+    assert train_simple.load_keypoint_weights(str(path), meta).tolist() == [0.5, 0.5, 1.0, 2.0]
+    path.write_text("[1, 2]")
+    with pytest.raises(train_simple.DataError, match="4 finite numbers"):
+        train_simple.load_keypoint_weights(str(path), meta)
+
+
+def test_keypoint_weights_scale_each_landmarks_loss():
+    model = LandmarkModel("resnet18", 2, 64)
+    keypoints = torch.tensor([[[10.0, 20.0], [30.0, 40.0]]])
+    logits = heatmap_targets(input_to_heatmap(keypoints, HEATMAP_STRIDE), 16, 16, 2.0)
+    logits[:, 1] = torch.roll(logits[:, 1], shifts=2, dims=-1)  # only landmark 1 is wrong
+    _, even = train_simple.landmark_loss(model, logits, keypoints, 2.0, 1.0, 1.0, torch.tensor([1.0, 1.0]))
+    _, skewed = train_simple.landmark_loss(model, logits, keypoints, 2.0, 1.0, 1.0, torch.tensor([0.5, 1.5]))
+    assert skewed["heatmap"] == pytest.approx(1.5 * even["heatmap"], rel=1e-5)
+    assert skewed["coord"] == pytest.approx(1.5 * even["coord"], rel=0.05)
+
+
+def test_epoch_sampler_shards_and_skips_deterministically():
+    full = list(train_simple.EpochSampler(20, 4, seed=3))
+    assert len(full) == 20 and {i for i, _ in full} == set(range(20)) and {e for _, e in full} == {1}
+    sampler = train_simple.EpochSampler(20, 4, seed=3)
+    sampler.set_epoch(1, start_batch=2)
+    assert list(sampler) == full[8:] and len(sampler) == 12
+    sampler.set_epoch(2)
+    assert [i for i, _ in sampler] != [i for i, _ in full]
+    ranks = [list(train_simple.EpochSampler(21, 2, seed=3, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 10 and not {i for i, _ in ranks[0]} & {i for i, _ in ranks[1]}

@@ -21,6 +21,9 @@ from pathlib import Path
 
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, when run as a script
+from dataset import DataError, validate_keypoint_meta  # noqa: E402
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 KAGGLE_DATASET = "georgemartvel/dogflw"
 # DogFLW's facts (see the project README): 46 landmarks, mirror permutation, outer eye corners.
@@ -43,14 +46,22 @@ def load_meta(path: str | None) -> dict:
     """Keypoint metadata from a JSON file, or DogFLW's built-in facts when path is None."""
     if path is None:
         return dict(DOGFLW_META)
-    with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
-    num_keypoints = int(meta.get("num_keypoints", len(meta.get("flip_index", []))))
-    if num_keypoints <= 0:
-        raise LabelError(f"{path}: needs num_keypoints or flip_index")
-    meta["num_keypoints"] = num_keypoints
-    meta.setdefault("keypoints", [f"landmark_{i}" for i in range(num_keypoints)])
-    meta.setdefault("flip_index", list(range(num_keypoints)))
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        num_keypoints = int(meta.get("num_keypoints", len(meta.get("flip_index", []))))
+        if num_keypoints <= 0:
+            raise LabelError(f"{path}: needs num_keypoints or flip_index")
+        meta["num_keypoints"] = num_keypoints
+        meta.setdefault("keypoints", [f"landmark_{i}" for i in range(num_keypoints)])
+        meta.setdefault("flip_index", list(range(num_keypoints)))
+        if len(meta["keypoints"]) != num_keypoints:
+            raise LabelError(f"{path}: {len(meta['keypoints'])} keypoint names for {num_keypoints} landmarks")
+        validate_keypoint_meta(meta, path)
+    except (LabelError, DataError) as err:
+        raise LabelError(str(err)) from None
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise LabelError(f"{path}: not usable keypoint metadata ({err})") from None
     return meta
 
 
@@ -60,10 +71,10 @@ def parse_number(value, what: str) -> float:
         raise LabelError(f"{what} is not a number: {value!r}")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise LabelError(f"{what} is not a number: {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise LabelError(f"{what} is not a number: {str(value)[:40]}") from None
     if not math.isfinite(number):
-        raise LabelError(f"{what} is not finite: {value!r}")
+        raise LabelError(f"{what} is not finite: {str(value)[:40]}")
     return number
 
 
@@ -72,8 +83,8 @@ def parse_label(path: Path, num_keypoints: int) -> tuple[list[list[float]], list
     try:
         with open(path, encoding="utf-8") as f:
             label = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise LabelError(f"not readable JSON ({err})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise LabelError(f"not readable JSON ({type(err).__name__}: {str(err)[:80]})") from None
     if not isinstance(label, dict):
         raise LabelError("not a JSON object")
     points = label.get("landmarks", label.get("labels"))
@@ -84,17 +95,24 @@ def parse_label(path: Path, num_keypoints: int) -> tuple[list[list[float]], list
     landmarks = []
     for i, point in enumerate(points):
         if not isinstance(point, (list, tuple)) or len(point) != 2:
-            raise LabelError(f"landmark {i} is not an [x, y] pair: {point!r}")
+            raise LabelError(f"landmark {i} is not an [x, y] pair: {str(point)[:40]}")
         landmarks.append([parse_number(v, f"landmark {i}") for v in point])
     box = label.get("bounding_boxes")
     if isinstance(box, list) and len(box) == 1 and isinstance(box[0], list):
         box = box[0]  # some copies nest the single box in a list
     if not isinstance(box, list) or len(box) != 4:
-        raise LabelError(f"'bounding_boxes' is not 4 values: {box!r}")
+        raise LabelError(f"'bounding_boxes' is not 4 values: {str(box)[:60]}")
     x1, y1, x2, y2 = (parse_number(v, "bounding_boxes") for v in box)
     if x2 <= x1 or y2 <= y1:
-        raise LabelError(f"box has x2 <= x1 or y2 <= y1: {box!r}")
+        raise LabelError(f"box has x2 <= x1 or y2 <= y1: {str(box)[:60]}")
     return landmarks, [x1, y1, x2, y2]
+
+
+def check_inside(landmarks: list[list[float]], box: list[float], width: int, height: int) -> None:
+    """LabelError if a landmark or box corner lies far outside the image (more than its size away)."""
+    for x, y in [*landmarks, box[:2], box[2:]]:
+        if not (-width <= x <= 2 * width and -height <= y <= 2 * height):
+            raise LabelError(f"point ({x:.4g}, {y:.4g}) lies far outside the {width}x{height} image")
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -131,6 +149,11 @@ def convert_split(root: Path, split_dir: Path, meta: dict) -> tuple[dict, list[s
         except LabelError as err:
             problems.append(f"{images[stem]}: {err}")
             continue
+        try:
+            check_inside(landmarks, [x1, y1, x2, y2], width, height)
+        except LabelError as err:
+            problems.append(f"{labels[stem]}: {err}")
+            continue
         image_id = len(coco_images) + 1
         coco_images.append({"id": image_id, "file_name": images[stem].relative_to(root).as_posix(),
                             "width": width, "height": height})
@@ -143,8 +166,9 @@ def convert_split(root: Path, split_dir: Path, meta: dict) -> tuple[dict, list[s
     category = {"id": 1, "name": meta.get("name", "face"), "supercategory": "face",
                 "keypoints": meta["keypoints"], "skeleton": [],
                 "flip_index": meta["flip_index"], "iod_pair": meta.get("iod_pair")}
-    if "regions" in meta:
-        category["regions"] = meta["regions"]
+    for key in ("regions", "keypoint_weights"):
+        if key in meta:
+            category[key] = meta[key]
     coco = {"info": {"description": f"{meta.get('name', 'dataset')} {split_dir.name}",
                      "data_root": str(root.resolve())},
             "images": coco_images, "annotations": annotations, "categories": [category]}
