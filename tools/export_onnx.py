@@ -1,0 +1,120 @@
+"""Export a checkpoint to ONNX and check ONNX Runtime's output against PyTorch.
+
+    python tools/export_onnx.py --checkpoint work_dirs/RUN/best.pth --out model.onnx
+
+The ONNX model takes float RGB crops in 0..255, shape (N, 3, S, S) with any batch size N, and
+returns `points` (N, K, 2), landmarks in crop pixels, and `confidence` (N, K). Crops are made as
+in training: the face box padded by `box_padding` to a square that fills the S x S input (see
+geometry.py); the model's metadata holds input_size, box_padding, keypoints and flip_index.
+Needs the onnx package; the check needs onnxruntime (pip install onnx onnxruntime).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import json
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from model import CheckpointError, LandmarkModel, load_checkpoint  # noqa: E402
+
+TOLERANCE_PX = 1e-3  # largest accepted |ONNX Runtime - PyTorch| landmark difference, crop pixels
+
+
+class LandmarksInCrop(nn.Module):
+    """The network plus its decoding: crops (N, 3, S, S) -> points (N, K, 2), confidence (N, K)."""
+
+    def __init__(self, model: LandmarkModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.decode(self.model(images))
+
+
+def export(wrapper: LandmarksInCrop, out: Path, metadata: dict[str, str], opset: int) -> None:
+    """TorchScript-based export (torch >= 2.1) with a dynamic batch axis, plus metadata."""
+    import onnx
+
+    size = wrapper.model.config["input_size"]
+    # torch >= 2.9 defaults to the torch.export-based exporter (which needs onnxscript) and warns
+    # that this one is deprecated; torch < 2.5 has no `dynamo` argument
+    options = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(wrapper, torch.rand(1, 3, size, size) * 255, str(out), input_names=["images"],
+                          output_names=["points", "confidence"], opset_version=opset,
+                          dynamic_axes={name: {0: "batch"} for name in ("images", "points", "confidence")},
+                          **options)
+    proto = onnx.load(str(out))
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.save(proto, str(out))
+
+
+def max_difference(wrapper: LandmarksInCrop, out: Path, batch_size: int) -> tuple[float, float]:
+    """Largest |ONNX Runtime - PyTorch| of points and of confidences on random crops."""
+    import onnxruntime
+
+    size = wrapper.model.config["input_size"]
+    images = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.no_grad():
+        points, confidence = wrapper(images)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    onnx_points, onnx_confidence = session.run(None, {"images": images.numpy()})
+    return (float(np.abs(onnx_points - points.numpy()).max()),
+            float(np.abs(onnx_confidence - confidence.numpy()).max()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
+    parser.add_argument("--out", required=True, help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--check-batch", type=int, default=3,
+                        help="batch size of the parity check (the export itself uses 1)")
+    args = parser.parse_args(argv)
+
+    if importlib.util.find_spec("onnx") is None:
+        print("error: exporting needs the onnx package: pip install onnx onnxruntime", file=sys.stderr)
+        return 1
+    try:
+        model, checkpoint = load_checkpoint(args.checkpoint, map_location="cpu")
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    meta, config = checkpoint["keypoint_meta"], model.config
+    wrapper = LandmarksInCrop(model).eval()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"input_size": str(config["input_size"]), "box_padding": str(checkpoint["args"]["box_padding"]),
+                "keypoints": json.dumps(meta["keypoints"]), "flip_index": json.dumps(meta["flip_index"]),
+                "input": "float32 RGB 0..255 (N, 3, S, S)", "outputs": "points (N, K, 2) in crop pixels, "
+                "confidence (N, K)", "checkpoint": str(args.checkpoint)}
+    export(wrapper, out, metadata, args.opset)
+    size, k = config["input_size"], config["num_keypoints"]
+    print(f"wrote {out}: images (N, 3, {size}, {size}) float RGB 0..255 -> points (N, {k}, 2) in crop "
+          f"pixels, confidence (N, {k}); box padding {checkpoint['args']['box_padding']}")
+    try:
+        point_diff, confidence_diff = max_difference(wrapper, out, args.check_batch)
+    except ImportError:
+        print("error: onnxruntime is not installed, so the export was not checked: pip install onnxruntime",
+              file=sys.stderr)
+        return 1
+    print(f"ONNX Runtime vs PyTorch on a random batch of {args.check_batch}: max |difference| "
+          f"{point_diff:.2e} px (points), {confidence_diff:.2e} (confidence)")
+    if not point_diff <= TOLERANCE_PX or not confidence_diff <= TOLERANCE_PX:
+        print(f"error: the difference is above the tolerance of {TOLERANCE_PX:g}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
