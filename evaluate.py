@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.distributed as dist
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
@@ -223,6 +224,19 @@ def plot_training_curves(metrics_jsonl: Path, out_png: Path) -> None:
     fig.savefig(out_png)
 
 
+def gather_predictions(pred: np.ndarray, unreadable: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Under DDP each rank predicts its share of the images (NaN rows elsewhere): combine them on
+    every rank. In a single process, returns the arguments."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return pred, unreadable
+    shares = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, (pred, unreadable))
+    combined = np.full_like(pred, np.nan)
+    for share, _ in shares:
+        combined = np.where(np.isfinite(share), share, combined)
+    return combined, sorted(path for _, paths in shares for path in paths)
+
+
 def evaluate(model: LandmarkModel, loader: DataLoader, device: torch.device,
              flip_test: bool = False) -> tuple[dict, np.ndarray]:
     """Metrics and predictions (original pixels, NaN rows for unreadable images) of a model on an
@@ -230,6 +244,7 @@ def evaluate(model: LandmarkModel, loader: DataLoader, device: torch.device,
     dataset = loader.dataset
     meta = dataset.meta
     pred, _, unreadable = predict_dataset(model, loader, device, meta["flip_index"] if flip_test else None)
+    pred, unreadable = gather_predictions(pred, unreadable)
     read = np.isfinite(pred).all(axis=(1, 2))
     gt = np.stack([r["keypoints"] for r in dataset.records])[read]
     boxes = np.stack([r["box"] for r in dataset.records])[read]

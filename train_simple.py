@@ -4,6 +4,7 @@
     python train_simple.py --data-root DIR --ann-root ANN_DIR --backbone resnet18 --input-size 128 \\
         --no-pretrained --epochs 20 --work-dir work_dirs/run
     python train_simple.py --resume work_dirs/run/last.pth --epochs 40
+    torchrun --nproc_per_node=4 train_simple.py ...     # DistributedDataParallel, --batch-size per process
 
 The run folder gets last.pth and best.pth (lowest validation NME_IOD), each holding the model
 config, keypoint metadata and weights that evaluate.py needs, and metrics.jsonl, a line per epoch.
@@ -24,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
@@ -65,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "(default: the annotations' keypoint_weights, else all 1)")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=210)
-    opt.add_argument("--batch-size", type=int, default=32)
+    opt.add_argument("--batch-size", type=int, default=32, help="per process under torchrun")
     opt.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate of the head")
     opt.add_argument("--backbone-lr-mult", type=float, default=0.1,
                      help="backbone learning rate = lr x this when it starts from pretrained weights")
@@ -321,12 +324,46 @@ def training_state(model: LandmarkModel, ema: LandmarkModel | None, optimizer, s
     }
 
 
+def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device): from torchrun's environment (NCCL on GPUs, gloo on CPU), else (0, 1, device)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, pick_device(device_name)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available() and device_name in ("auto", "cuda"):
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    dist.init_process_group(backend)
+    return dist.get_rank(), world_size, device
+
+
+def sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum over all DDP ranks (the values themselves in a single process)."""
+    if not dist.is_initialized():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every DDP rank rank 0's BatchNorm statistics (each rank's last batches moved its own)."""
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def train(args: argparse.Namespace) -> float:
-    """The whole run; returns the best validation NME_IOD."""
+    """The whole run; returns the best validation NME_IOD. Under torchrun every rank trains on its
+    share of each epoch; rank 0 alone prints, writes metrics.jsonl and saves checkpoints."""
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    device = pick_device(args.device)
+    rank, world_size, device = setup_distributed(args.device)
+    is_main = rank == 0
+    log = print if is_main else (lambda *a, **k: None)
     work_dir = Path(args.work_dir)
     checkpoint = None
     if args.resume:
@@ -361,18 +398,24 @@ def train(args: argparse.Namespace) -> float:
     else:
         model = LandmarkModel(args.backbone, meta["num_keypoints"], args.input_size, args.neck_channels,
                               pretrained=not args.no_pretrained, pretrained_path=args.pretrained_path)
-    check_writable(work_dir, checkpoint_bytes(model))
+    if is_main:
+        check_writable(work_dir, checkpoint_bytes(model))
+    model.log_beta.requires_grad_(args.coord_loss_weight > 0)  # only the coordinate loss trains beta
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False) if args.ema_decay > 0 else None
     eval_model = ema if ema is not None else model
+    forward = model if world_size == 1 else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    sampler = EpochSampler(len(train_set), args.batch_size, args.seed)
+    sampler = EpochSampler(len(train_set), args.batch_size, args.seed, rank, world_size)
     if sampler.batches_per_epoch == 0:
-        raise DataError(f"{train_ann}: {len(train_set)} images, fewer than one batch of {args.batch_size}")
+        raise DataError(f"{train_ann}: {len(train_set)} images, fewer than one batch of {args.batch_size} "
+                        f"per process")
     workers = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
                    worker_init_fn=ignore_stop_signals, pin_memory=device.type == "cuda", collate_fn=collate_readable)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **workers)
-    val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, **workers)
+    val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, sampler=range(rank, len(val_set), world_size),
+                            **workers)
 
     optimizer = build_optimizer(model, args)
     steps_per_epoch = sampler.batches_per_epoch
@@ -397,16 +440,18 @@ def train(args: argparse.Namespace) -> float:
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
         start_epoch, start_batch = checkpoint["epoch"] + 1, checkpoint.get("next_batch", 0)
         best_nme, metrics = checkpoint["best_nme"], checkpoint["metrics"]
-        trim_metrics_log(work_dir / "metrics.jsonl", checkpoint["epoch"])
-        print(f"resumed from {args.resume} at epoch {checkpoint['epoch']}"
+        if is_main:
+            trim_metrics_log(work_dir / "metrics.jsonl", checkpoint["epoch"])
+        log(f"resumed from {args.resume} at epoch {checkpoint['epoch']}"
               + (f" + {start_batch} batches" if start_batch else "") + f" (best NME_IOD {best_nme:.3f})")
 
     def state(epoch: int, next_batch: int = 0) -> dict:
         return training_state(model, ema, optimizer, scheduler, scaler, meta, args, epoch, next_batch,
                               best_nme, metrics)
 
-    print(f"{len(train_set)} train / {len(val_set)} val images, {meta['num_keypoints']} landmarks; "
-          f"{model.config['backbone']} at {model.config['input_size']} on {device}; run folder {work_dir}")
+    log(f"{len(train_set)} train / {len(val_set)} val images, {meta['num_keypoints']} landmarks; "
+        f"{model.config['backbone']} at {model.config['input_size']} on {device}"
+        + (f" x {world_size} processes" if world_size > 1 else "") + f"; run folder {work_dir}")
     # a skipped step must not leave its forward pass in the BatchNorm statistics either
     buffers = list(model.buffers())
     buffers_before_step = [b.clone() for b in buffers]
@@ -418,26 +463,34 @@ def train(args: argparse.Namespace) -> float:
             start = time.time()
             sums = {"loss": 0.0, "heatmap": 0.0, "coord": 0.0}
             steps_done, unreadable = 0, []
-            bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.epochs}", mininterval=1.0, dynamic_ncols=True)
+            bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.epochs}", mininterval=1.0, dynamic_ncols=True,
+                       disable=not is_main)
             for i, batch in enumerate(bar, start=start_batch):
                 unreadable += batch["unreadable"]
-                if len(unreadable) > args.max_unreadable * len(train_set):
+                if len(unreadable) > args.max_unreadable * sampler.batches_per_epoch * args.batch_size:
                     raise TrainingStopped(f"{len(unreadable)} training images could not be read this epoch "
                                           f"(limit {args.max_unreadable:.0%}), e.g. {unreadable[0]}")
+                if "image" not in batch and world_size > 1:
+                    raise TrainingStopped(f"no image of a batch could be read, e.g. {unreadable[-1]}")
                 if "image" in batch:
                     images = batch["image"].to(device, non_blocking=True).float()
                     keypoints = batch["keypoints"].to(device, non_blocking=True)
                     copy_tensors(buffers_before_step, buffers)
                     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        logits = model(images)
+                        logits = forward(images)
                     loss, parts = landmark_loss(model, logits, keypoints, args.sigma, args.heatmap_loss_weight,
                                                 args.coord_loss_weight, keypoint_weights)
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
                     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()
+                    # every rank must take the same decisions: average the loss, count the stop requests
+                    loss_value, parts["heatmap"], parts["coord"], stops = sum_across_ranks(
+                        [loss.item(), parts["heatmap"], parts["coord"], float(stop.signal_name is not None)], device)
+                    loss_value, parts = loss_value / world_size, {k: v / world_size for k, v in parts.items()}
+                    stop_now = stops > 0
                     # an fp16 scaler overflows on purpose now and then; it skips those steps itself
-                    finite = math.isfinite(loss.item()) and (scaler.is_enabled() or math.isfinite(grad_norm))
+                    finite = math.isfinite(loss_value) and (scaler.is_enabled() or math.isfinite(grad_norm))
                     bad_steps = 0 if finite else bad_steps + 1
                     if finite:
                         scaler.step(optimizer)
@@ -446,50 +499,57 @@ def train(args: argparse.Namespace) -> float:
                             step = (epoch - 1) * steps_per_epoch + i + 1
                             update_ema(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
                         steps_done += 1
-                        sums["loss"] += loss.item()
+                        sums["loss"] += loss_value
                         for k, v in parts.items():
                             sums[k] += v
                     else:
                         copy_tensors(buffers, buffers_before_step)
-                        tqdm.write(f"warning: epoch {epoch} batch {i}: non-finite loss or gradient, step skipped")
+                        if is_main:
+                            tqdm.write(f"warning: epoch {epoch} batch {i}: non-finite loss or gradient, step skipped")
                         if bad_steps >= args.max_nonfinite_steps:
-                            save_checkpoint(state(epoch - 1, i), work_dir / "last.pth")
+                            if is_main:
+                                save_checkpoint(state(epoch - 1, i), work_dir / "last.pth")
                             raise TrainingStopped(
                                 f"{bad_steps} steps in a row with a non-finite loss or gradient; stopped. "
                                 f"{work_dir / 'last.pth'} holds the last good weights (try a lower --lr)")
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+                else:
+                    stop_now = stop.signal_name is not None
                 scheduler.step()
-                if stop.signal_name:
-                    save_checkpoint(state(epoch - 1, i + 1), work_dir / "last.pth")
-                    raise Interrupted(f"{stop.signal_name}: saved {work_dir / 'last.pth'} at epoch {epoch}, "
+                if stop_now:
+                    if is_main:
+                        save_checkpoint(state(epoch - 1, i + 1), work_dir / "last.pth")
+                    raise Interrupted(f"{stop.signal_name or 'a stop request'}: saved {work_dir / 'last.pth'} at epoch {epoch}, "
                                           f"batch {i + 1}/{steps_per_epoch}; continue with "
                                           f"--resume {work_dir / 'last.pth'}")
             train_time = time.time() - start
             start_batch = 0
+            broadcast_buffers(eval_model)  # the model rank 0 saves is the one every rank evaluates
             metrics, _ = evaluate(eval_model, val_loader, device)
             record = {"epoch": epoch, **{f"train_{k}": v / max(1, steps_done) for k, v in sums.items()},
                       "lr": scheduler.get_last_lr()[0], "val_nme_iod": metrics["nme_iod"],
                       "val_failure_rate": metrics["failure_rate_10"], "val_auc": metrics["auc_10"],
                       "train_unreadable": len(unreadable), "val_unreadable": len(metrics["unreadable_images"]),
-                      "train_images_per_s": steps_done * args.batch_size / train_time,
+                      "train_images_per_s": steps_done * args.batch_size * world_size / train_time,
                       "epoch_time_s": time.time() - start}
-            with open(work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
             improved = metrics["nme_iod"] < best_nme
             best_nme = min(best_nme, metrics["nme_iod"])
-            save_checkpoint(state(epoch), work_dir / "last.pth")
-            if improved:
-                save_checkpoint(state(epoch), work_dir / "best.pth")
+            if is_main:
+                with open(work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                save_checkpoint(state(epoch), work_dir / "last.pth")
+                if improved:
+                    save_checkpoint(state(epoch), work_dir / "best.pth")
             skipped = f", {len(unreadable)} unreadable images skipped" if unreadable else ""
-            print(f"epoch {epoch}: loss {record['train_loss']:.4f}, val NME_IOD {metrics['nme_iod']:.3f} "
+            log(f"epoch {epoch}: loss {record['train_loss']:.4f}, val NME_IOD {metrics['nme_iod']:.3f} "
                   f"(best {best_nme:.3f}), {record['train_images_per_s']:.0f} img/s, "
                   f"{record['epoch_time_s']:.0f} s{skipped}")
             for path in unreadable + metrics["unreadable_images"]:
-                print(f"warning: {path}: cannot read image; skipped")
-            if stop.signal_name:
-                raise Interrupted(f"{stop.signal_name}: saved {work_dir / 'last.pth'} after epoch {epoch}; "
+                log(f"warning: {path}: cannot read image; skipped")
+            if sum_across_ranks([float(stop.signal_name is not None)], device)[0] > 0:
+                raise Interrupted(f"{stop.signal_name or 'a stop request'}: saved {work_dir / 'last.pth'} after epoch {epoch}; "
                                       f"continue with --resume {work_dir / 'last.pth'}")
-    if (work_dir / "metrics.jsonl").exists():
+    if is_main and (work_dir / "metrics.jsonl").exists():
         plot_training_curves(work_dir / "metrics.jsonl", work_dir / "curves.png")
     return best_nme
 
@@ -504,7 +564,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, CheckpointError, WeightsUnavailable, TrainingStopped) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"best val NME_IOD {best_nme:.3f}; checkpoints in {args.work_dir}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if os.environ.get("RANK", "0") == "0":
+        print(f"best val NME_IOD {best_nme:.3f}; checkpoints in {args.work_dir}")
     return 0
 
 

@@ -323,3 +323,24 @@ def test_epoch_sampler_shards_and_skips_deterministically():
     assert [i for i, _ in sampler] != [i for i, _ in full]
     ranks = [list(train_simple.EpochSampler(21, 2, seed=3, rank=r, world_size=2)) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 10 and not {i for i, _ in ranks[0]} & {i for i, _ in ranks[1]}
+
+
+def test_torchrun_with_two_cpu_processes(toy_ann, tmp_path):
+    """DDP over gloo: one set of files from rank 0, and the validation metric it logged equals a
+    single-process evaluation of the checkpoint (so the ranks' shares of the val set were combined)."""
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_simple.py",
+         *toy_args(toy_ann, run, "--epochs", "1")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 processes" in result.stdout and result.stdout.count("best val NME_IOD") == 1
+    assert sorted(p.name for p in run.iterdir()) == ["best.pth", "curves.png", "last.pth", "metrics.jsonl"]
+    (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    checkpoint = torch.load(run / "best.pth", weights_only=False)
+    assert checkpoint["scheduler"]["last_epoch"] == 48 // (4 * 2)  # each rank took half the batches
+    import evaluate
+    out = tmp_path / "metrics.json"
+    assert evaluate.main(["--checkpoint", str(run / "best.pth"), "--ann", str(toy_ann / "val.json"),
+                          "--device", "cpu", "--num-workers", "0", "--out", str(out)]) == 0
+    single = json.loads(out.read_text())
+    assert single["num_images"] == 8 and single["nme_iod"] == pytest.approx(record["val_nme_iod"], rel=1e-5)
