@@ -105,6 +105,9 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray, iod_pair: list[int], boxes
     }
     for t in PCK_THRESHOLDS:
         metrics[f"pck_{t:g}"] = float((errors < t).mean() * 100)
+    # a systematic offset (coordinate convention, labels that are not mirror-consistent) shows here
+    signed = (pred - gt)[valid] / iod[valid, None, None] * 100
+    metrics["mean_error_x"], metrics["mean_error_y"] = (float(v) for v in signed.mean(axis=(0, 1)))
     names = keypoint_names or [str(i) for i in range(gt.shape[1])]
     metrics["per_landmark_nme"] = {n: float(e) for n, e in zip(names, errors.mean(axis=0) * 100)}
     if regions:
@@ -261,6 +264,7 @@ def format_summary(metrics: dict) -> str:
              f"failure rate@{FAILURE_THRESHOLD:g} {metrics[f'failure_rate_{FAILURE_THRESHOLD:g}']:.2f}%, "
              f"AUC@{FAILURE_THRESHOLD:g} {metrics[f'auc_{FAILURE_THRESHOLD:g}']:.2f}, "
              + ", ".join(f"PCK@{t:g} {metrics[f'pck_{t:g}']:.1f}%" for t in PCK_THRESHOLDS) + ")"]
+    lines.append(f"mean signed error (x, y): {metrics['mean_error_x']:+.2f}, {metrics['mean_error_y']:+.2f} % IOD")
     for key in ("nme_by_box_size", "per_region_nme"):
         if key in metrics:
             lines.append(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics[key].items()))

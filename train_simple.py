@@ -193,6 +193,23 @@ def landmark_loss(model: LandmarkModel, logits: torch.Tensor, keypoints: torch.T
     return loss, {"heatmap": heatmap_loss.item(), "coord": coord_loss.item()}
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA, fp16 (with a gradient scaler) on GPUs without bf16, full precision elsewhere."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def batch_loss(forward, model: LandmarkModel, images: torch.Tensor, keypoints: torch.Tensor,
+               args: argparse.Namespace, amp_dtype: torch.dtype | None,
+               keypoint_weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss of one batch: `forward` (the model, or its DDP wrapper) under autocast."""
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = forward(images)
+    return landmark_loss(model, logits, keypoints, args.sigma, args.heatmap_loss_weight, args.coord_loss_weight,
+                         keypoint_weights)
+
+
 def build_optimizer(model: LandmarkModel, args: argparse.Namespace) -> torch.optim.Optimizer:
     """AdamW; no weight decay on norms and biases; a lower rate for a pretrained backbone."""
     pretrained = not args.no_pretrained or args.pretrained_path is not None
@@ -421,9 +438,7 @@ def train(args: argparse.Namespace) -> float:
     steps_per_epoch = sampler.batches_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch))
-    amp_dtype = None
-    if device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = autocast_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     start_epoch, start_batch, best_nme, metrics = 1, 0, float("inf"), None
@@ -476,10 +491,7 @@ def train(args: argparse.Namespace) -> float:
                     images = batch["image"].to(device, non_blocking=True).float()
                     keypoints = batch["keypoints"].to(device, non_blocking=True)
                     copy_tensors(buffers_before_step, buffers)
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        logits = forward(images)
-                    loss, parts = landmark_loss(model, logits, keypoints, args.sigma, args.heatmap_loss_weight,
-                                                args.coord_loss_weight, keypoint_weights)
+                    loss, parts = batch_loss(forward, model, images, keypoints, args, amp_dtype, keypoint_weights)
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)

@@ -30,6 +30,9 @@ def test_nme_iod_failure_rate_and_pck_by_hand():
     assert metrics["per_landmark_nme"] == pytest.approx({"0": 2.0, "1": 2.0, "2": 27.0})
     # CED: 0 below 4 %, 0.5 from 4 % to 10 % -> area 0.5 * 6 / 10
     assert metrics["auc_10"] == pytest.approx(30.0, abs=0.1)
+    # signed errors / IOD: image 0 -> (0.3, 0.4) on one landmark of three, image 1 -> (0.024, 0.032) on all
+    assert metrics["mean_error_x"] == pytest.approx(100 * (0.3 / 3 + 0.024) / 2)
+    assert metrics["mean_error_y"] == pytest.approx(100 * (0.4 / 3 + 0.032) / 2)
 
 
 def test_auc_of_a_perfect_and_a_failed_image():

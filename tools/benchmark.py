@@ -1,0 +1,157 @@
+"""Throughput of training, evaluation and the data pipeline, and peak memory, for one setting.
+
+    python tools/benchmark.py --backbone hrnet_w32 --input-size 256 --batch-size 64          # synthetic crops
+    python tools/benchmark.py --backbone resnet18 --input-size 128 --batch-size 32 --device cpu \\
+        --ann data/faces68/annotations/train.json --num-workers 2 --json                   # real images too
+
+Training images/s is the full step of train_simple.py (autocast forward, loss, backward, AdamW
+step, reading the loss) on batches already on the device; evaluation images/s is the forward
+pass and soft-argmax decoding without gradients; with --ann, the data pipeline (decode, crop,
+augment, collate in --num-workers workers) is timed alone. Each figure is the median of
+--repeats timings of --steps batches, after --warmup batches.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+import train_simple  # noqa: E402
+from dataset import Augmentation, LandmarkDataset, collate_readable  # noqa: E402
+from evaluate import pick_device  # noqa: E402
+from model import LandmarkModel  # noqa: E402
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def timed(run_batch, device: torch.device, batch_size: int, steps: int, warmup: int, repeats: int) -> float:
+    """Median images/s of `repeats` timings of `steps` calls of run_batch, after `warmup` calls."""
+    for _ in range(warmup):
+        run_batch()
+    synchronize(device)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            run_batch()
+        synchronize(device)
+        rates.append(steps * batch_size / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def training_rate(model: LandmarkModel, images: torch.Tensor, keypoints: torch.Tensor, train_args: argparse.Namespace,
+                  steps: int, warmup: int, repeats: int) -> float:
+    """Images/s of train_simple's training step on one batch kept on the device."""
+    device = images.device
+    optimizer = train_simple.build_optimizer(model, train_args)
+    amp_dtype = train_simple.autocast_dtype(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    weights = torch.ones(model.config["num_keypoints"], device=device)
+    model.train()
+
+    def step() -> None:
+        loss, _ = train_simple.batch_loss(model, model, images, keypoints, train_args, amp_dtype, weights)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss.item()
+    return timed(step, device, len(images), steps, warmup, repeats)
+
+
+@torch.no_grad()
+def evaluation_rate(model: LandmarkModel, images: torch.Tensor, steps: int, warmup: int, repeats: int) -> float:
+    """Images/s of the forward pass and decoding, as in evaluate.py."""
+    model.eval()
+    return timed(lambda: model.decode(model(images)), images.device, len(images), steps, warmup, repeats)
+
+
+def pipeline_rate(loader: DataLoader, steps: int, warmup: int, repeats: int) -> float:
+    """Images/s the data loader delivers alone (workers started before the timing)."""
+    batches = iter(loader)
+    return timed(lambda: next(batches), torch.device("cpu"), loader.batch_size, steps, warmup, repeats)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by tensors on CUDA; the process's peak resident memory elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if platform.system() == "Darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="hrnet_w32")
+    parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-keypoints", type=int, default=46, help="landmarks of the synthetic data")
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cuda, mps or cpu")
+    parser.add_argument("--ann", help="COCO keypoints file: time its data pipeline and train on its crops")
+    parser.add_argument("--data-root", help="folder the annotation's file names are relative to")
+    parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--steps", type=int, default=20, help="batches per timing")
+    parser.add_argument("--warmup", type=int, default=3, help="batches before the timings")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per figure (the median is reported)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
+    args = parser.parse_args(argv)
+
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+    result = {"backbone": args.backbone, "input_size": args.input_size, "batch_size": args.batch_size,
+              "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    num_keypoints, data_rate = args.num_keypoints, None
+    if args.ann:
+        dataset = LandmarkDataset(args.ann, args.data_root, args.input_size, augmentation=Augmentation())
+        loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                            num_workers=args.num_workers, collate_fn=collate_readable,
+                            persistent_workers=args.num_workers > 0)
+        needed = args.warmup + args.steps * args.repeats
+        if len(loader) < needed:
+            parser.error(f"{args.ann}: {len(loader)} batches of {args.batch_size}, the timings need {needed}")
+        data_rate = pipeline_rate(loader, args.steps, args.warmup, args.repeats)
+        num_keypoints = dataset.meta["num_keypoints"]
+        batch = next(iter(loader))
+        images, keypoints = batch["image"].float(), batch["keypoints"]
+        result.update(data_images_per_s=data_rate, num_workers=args.num_workers)
+    else:
+        images = torch.randint(0, 256, (args.batch_size, 3, args.input_size, args.input_size)).float()
+        keypoints = torch.rand(args.batch_size, num_keypoints, 2) * (args.input_size - 1)
+    train_args = train_simple.parse_args(["--backbone", args.backbone, "--input-size", str(args.input_size),
+                                          "--no-pretrained"])
+    model = LandmarkModel(args.backbone, num_keypoints, args.input_size, train_args.neck_channels).to(device)
+    images, keypoints = images.to(device), keypoints.to(device)
+    result["train_images_per_s"] = training_rate(model, images, keypoints, train_args, args.steps, args.warmup,
+                                                 args.repeats)
+    result["eval_images_per_s"] = evaluation_rate(model, images, args.steps, args.warmup, args.repeats)
+    result["peak_memory_mb"] = peak_memory_mb(device)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    line = (f"{args.backbone} at {args.input_size}, batch {args.batch_size}, {device} ({result['threads']} threads): "
+            f"train {result['train_images_per_s']:.1f} img/s, eval {result['eval_images_per_s']:.1f} img/s")
+    if data_rate is not None:
+        line += (f", data pipeline {data_rate:.1f} img/s with {args.num_workers} workers "
+                 f"({data_rate / result['train_images_per_s']:.1f}x training)")
+    print(line + f", peak memory {result['peak_memory_mb']:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
