@@ -294,10 +294,10 @@ def trim_metrics_log(path: Path, last_epoch: int) -> None:
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which stops cleanly."""
+def ignore_ctrl_c(worker_id: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group: DataLoader workers leave it to the
+    main process, which stops cleanly. (SIGTERM keeps its default: it is how workers are ended.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class StopRequest:
@@ -429,7 +429,7 @@ def train(args: argparse.Namespace) -> float:
         raise DataError(f"{train_ann}: {len(train_set)} images, fewer than one batch of {args.batch_size} "
                         f"per process")
     workers = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
-                   worker_init_fn=ignore_stop_signals, pin_memory=device.type == "cuda", collate_fn=collate_readable)
+                   worker_init_fn=ignore_ctrl_c, pin_memory=device.type == "cuda", collate_fn=collate_readable)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **workers)
     val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, sampler=range(rank, len(val_set), world_size),
                             **workers)

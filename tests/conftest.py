@@ -102,7 +102,7 @@ def write_broken_checkpoint(path: Path, kind: str, good: Path) -> Path:
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run a project script as a user would, from the repository root."""
     result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)  # a hang fails, not blocks
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
