@@ -80,8 +80,20 @@ def predict_dataset(model: LandmarkModel, loader: DataLoader, device: torch.devi
     return points, confidence, unreadable
 
 
+def rank_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` for telling positives from negatives (ties count half)."""
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = ((ends - counts + ends - 1) / 2)[inverse.ravel()]  # 0-based, ties share their mean rank
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((ranks[positive].sum() - n_pos * (n_pos - 1) / 2) / (n_pos * n_neg))
+
+
 def compute_metrics(pred: np.ndarray, gt: np.ndarray, iod_pair: list[int], boxes: np.ndarray | None = None,
-                    keypoint_names: list[str] | None = None, regions: dict | None = None) -> dict:
+                    keypoint_names: list[str] | None = None, regions: dict | None = None,
+                    confidence: np.ndarray | None = None) -> dict:
     """Metrics for predictions and ground truth (N, K, 2) in the same pixels.
 
     Images whose inter-ocular distance is zero cannot be normalised: they are left out and
@@ -108,6 +120,8 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray, iod_pair: list[int], boxes
     # a systematic offset (coordinate convention, labels that are not mirror-consistent) shows here
     signed = (pred - gt)[valid] / iod[valid, None, None] * 100
     metrics["mean_error_x"], metrics["mean_error_y"] = (float(v) for v in signed.mean(axis=(0, 1)))
+    if confidence is not None:  # does a low confidence flag a landmark that is off by more than 10 % IOD?
+        metrics["confidence_auroc_10"] = rank_auroc(-confidence[valid].ravel(), errors.ravel() > FAILURE_THRESHOLD / 100)
     names = keypoint_names or [str(i) for i in range(gt.shape[1])]
     metrics["per_landmark_nme"] = {n: float(e) for n, e in zip(names, errors.mean(axis=0) * 100)}
     if regions:
@@ -227,17 +241,18 @@ def plot_training_curves(metrics_jsonl: Path, out_png: Path) -> None:
     fig.savefig(out_png)
 
 
-def gather_predictions(pred: np.ndarray, unreadable: list[str]) -> tuple[np.ndarray, list[str]]:
+def gather_predictions(pred: np.ndarray, confidence: np.ndarray,
+                       unreadable: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Under DDP each rank predicts its share of the images (NaN rows elsewhere): combine them on
     every rank. In a single process, returns the arguments."""
     if not (dist.is_available() and dist.is_initialized()):
-        return pred, unreadable
+        return pred, confidence, unreadable
     shares = [None] * dist.get_world_size()
-    dist.all_gather_object(shares, (pred, unreadable))
-    combined = np.full_like(pred, np.nan)
-    for share, _ in shares:
-        combined = np.where(np.isfinite(share), share, combined)
-    return combined, sorted(path for _, paths in shares for path in paths)
+    dist.all_gather_object(shares, (pred, confidence, unreadable))
+    for share_pred, share_confidence, _ in shares:
+        mine = np.isfinite(share_pred).all(axis=(1, 2))
+        pred[mine], confidence[mine] = share_pred[mine], share_confidence[mine]
+    return pred, confidence, sorted(path for *_, paths in shares for path in paths)
 
 
 def evaluate(model: LandmarkModel, loader: DataLoader, device: torch.device,
@@ -246,14 +261,15 @@ def evaluate(model: LandmarkModel, loader: DataLoader, device: torch.device,
     evaluation loader. Unreadable images are left out of the metrics and listed in them."""
     dataset = loader.dataset
     meta = dataset.meta
-    pred, _, unreadable = predict_dataset(model, loader, device, meta["flip_index"] if flip_test else None)
-    pred, unreadable = gather_predictions(pred, unreadable)
+    pred, confidence, unreadable = predict_dataset(model, loader, device, meta["flip_index"] if flip_test else None)
+    pred, confidence, unreadable = gather_predictions(pred, confidence, unreadable)
     read = np.isfinite(pred).all(axis=(1, 2))
     gt = np.stack([r["keypoints"] for r in dataset.records])[read]
     boxes = np.stack([r["box"] for r in dataset.records])[read]
     if not read.any():
         raise DataError(f"none of the {len(dataset)} images could be read, e.g. {unreadable[0]}")
-    metrics = compute_metrics(pred[read], gt, meta["iod_pair"], boxes, meta["keypoints"], meta["regions"])
+    metrics = compute_metrics(pred[read], gt, meta["iod_pair"], boxes, meta["keypoints"], meta["regions"],
+                              confidence[read])
     metrics["unreadable_images"] = unreadable
     return metrics, pred
 
@@ -264,7 +280,9 @@ def format_summary(metrics: dict) -> str:
              f"failure rate@{FAILURE_THRESHOLD:g} {metrics[f'failure_rate_{FAILURE_THRESHOLD:g}']:.2f}%, "
              f"AUC@{FAILURE_THRESHOLD:g} {metrics[f'auc_{FAILURE_THRESHOLD:g}']:.2f}, "
              + ", ".join(f"PCK@{t:g} {metrics[f'pck_{t:g}']:.1f}%" for t in PCK_THRESHOLDS) + ")"]
-    lines.append(f"mean signed error (x, y): {metrics['mean_error_x']:+.2f}, {metrics['mean_error_y']:+.2f} % IOD")
+    lines.append(f"mean signed error (x, y): {metrics['mean_error_x']:+.2f}, {metrics['mean_error_y']:+.2f} % IOD"
+                 + (f"; confidence AUROC for landmarks off by > {FAILURE_THRESHOLD:g} % IOD: "
+                    f"{metrics['confidence_auroc_10']:.3f}" if "confidence_auroc_10" in metrics else ""))
     for key in ("nme_by_box_size", "per_region_nme"):
         if key in metrics:
             lines.append(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics[key].items()))

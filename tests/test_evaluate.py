@@ -35,6 +35,15 @@ def test_nme_iod_failure_rate_and_pck_by_hand():
     assert metrics["mean_error_y"] == pytest.approx(100 * (0.4 / 3 + 0.032) / 2)
 
 
+def test_confidence_auroc_rewards_low_confidence_on_the_bad_landmark():
+    pred, gt = two_images()  # only landmark 2 of image 0 is off by more than 10 % IOD
+    good = np.array([[0.9, 0.8, 0.1], [0.7, 0.6, 0.5]])
+    assert compute_metrics(pred, gt, [0, 1], confidence=good)["confidence_auroc_10"] == pytest.approx(1.0)
+    assert compute_metrics(pred, gt, [0, 1], confidence=1 - good)["confidence_auroc_10"] == pytest.approx(0.0)
+    assert compute_metrics(pred, gt, [0, 1], confidence=np.ones((2, 3)))["confidence_auroc_10"] == pytest.approx(0.5)
+    assert evaluate.rank_auroc(np.array([3.0, 1.0, 2.0, 2.0]), np.array([True, False, True, False])) == 0.875
+
+
 def test_auc_of_a_perfect_and_a_failed_image():
     gt = np.array([[[0, 0], [10, 0]], [[0, 0], [10, 0]]], dtype=float)
     pred = gt.copy()
