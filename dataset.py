@@ -135,9 +135,9 @@ class LandmarkDataset(Dataset):
             return {"unreadable": str(self.data_root / record["file"]), "index": index}
         center, size = box_to_center_size(record["box"], self.padding)
         aug = self.augmentation
-        rng = np.random.default_rng((self.seed, epoch, index))
         rotation, flip = 0.0, False
         if aug is not None:
+            rng = np.random.default_rng((self.seed, epoch, index))
             size *= rng.uniform(1 - aug.scale, 1 + aug.scale)
             center = center + rng.uniform(-aug.shift, aug.shift, size=2) * size
             rotation = rng.uniform(-aug.rotation, aug.rotation)

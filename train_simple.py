@@ -244,6 +244,13 @@ def update_ema(ema: LandmarkModel, model: LandmarkModel, decay: float) -> None:
 
 
 @torch.no_grad()
+def gradient_norm(model: torch.nn.Module) -> torch.Tensor:
+    """L2 norm of all gradients together, as a 0-d tensor on their device (no host sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+@torch.no_grad()
 def copy_tensors(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
     """targets[i] <- sources[i], in one fused call where torch has it."""
     if hasattr(torch, "_foreach_copy_"):
@@ -495,10 +502,10 @@ def train(args: argparse.Namespace) -> float:
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()
+                    loss_value, grad_norm = torch.stack([loss.detach(), gradient_norm(model)]).tolist()
                     # every rank must take the same decisions: average the loss, count the stop requests
                     loss_value, parts["heatmap"], parts["coord"], stops = sum_across_ranks(
-                        [loss.item(), parts["heatmap"], parts["coord"], float(stop.signal_name is not None)], device)
+                        [loss_value, parts["heatmap"], parts["coord"], float(stop.signal_name is not None)], device)
                     loss_value, parts = loss_value / world_size, {k: v / world_size for k, v in parts.items()}
                     stop_now = stops > 0
                     # an fp16 scaler overflows on purpose now and then; it skips those steps itself
