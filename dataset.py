@@ -154,6 +154,7 @@ class LandmarkDataset(Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
             "keypoints": torch.from_numpy(keypoints.astype(np.float32)),
             "affine": torch.from_numpy(matrix),
+            "mirrored": bool(flip),
             "index": index,
         }
 

@@ -49,12 +49,12 @@ def predict_crops(model: LandmarkModel, images: torch.Tensor, affines: np.ndarra
     """Landmarks in original-image pixels (B, K, 2) and confidences (B, K) for float crops.
 
     `affines` (B, 2, 3) map original pixels to crop pixels. With flip_index, each crop is also
-    predicted mirrored and the two sets of coordinates are averaged (flip test in coordinate
-    space, never on heatmaps).
+    predicted mirrored (decoded with the model's learned mirror offset) and the two sets of
+    coordinates are averaged (flip test in coordinate space, never on heatmaps).
     """
     points, confidence = model.decode(model(images))
     if flip_index is not None:
-        points_flip, confidence_flip = model.decode(model(images.flip(-1)))
+        points_flip, confidence_flip = model.decode(model(images.flip(-1)), mirrored=True)
         points = (points + flip_points(points_flip, flip_index, images.shape[-1])) / 2
         confidence = (confidence + confidence_flip[:, flip_index]) / 2
     return apply_affine(points.cpu().double().numpy(), invert_affine(affines)), confidence.cpu().numpy()

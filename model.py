@@ -2,7 +2,10 @@
 
 The model takes uint8-range RGB crops (B, 3, S, S) as float and returns K heatmap logits at
 stride 4. `decode` turns them into sub-pixel landmark coordinates in input pixels with a
-soft-argmax whose sharpness (beta) is learned, plus a confidence per landmark.
+soft-argmax whose sharpness (beta) is learned, plus a confidence per landmark. Crops that were
+mirrored before the network saw them are decoded with a learned per-landmark offset
+(`mirror_offset`): labels of a mirrored face need not be exactly the mirrored labels, and the
+offset absorbs that difference instead of biasing every prediction by half of it.
 """
 from __future__ import annotations
 
@@ -91,6 +94,8 @@ class LandmarkModel(nn.Module):
             nn.Conv2d(neck_channels, num_keypoints, 1),
         )
         self.log_beta = nn.Parameter(torch.full((num_keypoints,), math.log(beta_init)))
+        # (K, 2) in heatmap pixels: where a mirrored crop's labels lie relative to what the network sees
+        self.mirror_offset = nn.Parameter(torch.zeros(num_keypoints, 2))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Heatmap logits (B, K, S/4, S/4) for float images in 0..255, RGB, (B, 3, S, S)."""
@@ -102,9 +107,19 @@ class LandmarkModel(nn.Module):
                                                      align_corners=False)
         return self.head(fused)
 
-    def decode(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Landmarks in input pixels (B, K, 2) and confidences (B, K) from heatmap logits."""
-        return decode_heatmaps(logits, self.log_beta.exp())
+    def decode(self, logits: torch.Tensor, mirrored: torch.Tensor | bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Landmarks in input pixels (B, K, 2) and confidences (B, K) from heatmap logits.
+
+        `mirrored` (a bool, or one per crop) says which crops are horizontal mirrors of the
+        image; their landmarks get the learned mirror offset.
+        """
+        points, confidence = decode_heatmaps(logits, self.log_beta.exp())
+        return points + self.mirror_shift(mirrored, points.dtype), confidence
+
+    def mirror_shift(self, mirrored: torch.Tensor | bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The learned offset in input pixels for mirrored crops, zero for the others: (B|1, K, 2)."""
+        mask = torch.as_tensor(mirrored, dtype=dtype, device=self.mirror_offset.device).reshape(-1, 1, 1)
+        return mask * self.mirror_offset.to(dtype) * HEATMAP_STRIDE
 
 
 def soft_argmax(logits: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:

@@ -164,28 +164,29 @@ def load_keypoint_weights(path: str | None, meta: dict) -> torch.Tensor:
     return tensor * k / tensor.sum()
 
 
-def landmark_loss(model: LandmarkModel, logits: torch.Tensor, keypoints: torch.Tensor, sigma: float,
-                  heatmap_weight: float, coord_weight: float, keypoint_weights: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, dict[str, float]]:
+def landmark_loss(model: LandmarkModel, logits: torch.Tensor, keypoints: torch.Tensor, mirrored: torch.Tensor,
+                  sigma: float, heatmap_weight: float, coord_weight: float,
+                  keypoint_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Heatmap MSE against Gaussian targets plus L1 on the soft-argmax coordinates.
 
     Both are measured in heatmap pixels and weighted per landmark (`keypoint_weights`, mean 1).
     The heatmap term is the squared error summed over a map divided by the target's energy
     (pi sigma^2), so it starts near 1 for any map size. Landmarks that augmentation pushed out
     of the crop get no coordinate loss: the soft-argmax cannot reach them, while their heatmap
-    target (empty or cut) is still learned.
+    target (empty or cut) is still learned. For `mirrored` crops both terms place the landmark
+    at its label minus the model's learned mirror offset, which both terms train.
     """
     logits = logits.float()
     height, width = logits.shape[-2:]
     weights = torch.ones(logits.shape[1], device=logits.device) if keypoint_weights is None else keypoint_weights
-    target_points = input_to_heatmap(keypoints, HEATMAP_STRIDE)
+    seen_points = keypoints - model.mirror_shift(mirrored)  # where the network should see each landmark
     heatmap_loss = coord_loss = logits.new_zeros(())
     if heatmap_weight > 0:
-        targets = heatmap_targets(target_points, height, width, sigma)
+        targets = heatmap_targets(input_to_heatmap(seen_points, HEATMAP_STRIDE), height, width, sigma)
         per_map = ((logits - targets) ** 2).sum(dim=(-2, -1)) / (math.pi * sigma**2)  # (B, K)
         heatmap_loss = (per_map * weights).mean()
     if coord_weight > 0:
-        pred_points = model.decode(logits)[0]
+        pred_points = model.decode(logits, mirrored)[0]
         inside = ((keypoints >= -0.5) & (keypoints <= model.config["input_size"] - 0.5)).all(dim=-1)
         error = F.l1_loss(pred_points, keypoints, reduction="none").sum(dim=-1) / HEATMAP_STRIDE
         coord_loss = (error * weights * inside).sum() / (weights * inside).sum().clamp_min(1e-6)
@@ -201,23 +202,23 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def batch_loss(forward, model: LandmarkModel, images: torch.Tensor, keypoints: torch.Tensor,
-               args: argparse.Namespace, amp_dtype: torch.dtype | None,
+               mirrored: torch.Tensor, args: argparse.Namespace, amp_dtype: torch.dtype | None,
                keypoint_weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of one batch: `forward` (the model, or its DDP wrapper) under autocast."""
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = forward(images)
-    return landmark_loss(model, logits, keypoints, args.sigma, args.heatmap_loss_weight, args.coord_loss_weight,
-                         keypoint_weights)
+    return landmark_loss(model, logits, keypoints, mirrored, args.sigma, args.heatmap_loss_weight,
+                         args.coord_loss_weight, keypoint_weights)
 
 
 def build_optimizer(model: LandmarkModel, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on norms and biases; a lower rate for a pretrained backbone."""
+    """AdamW; no weight decay on norms, biases and the mirror offset; a lower rate for a pretrained backbone."""
     pretrained = not args.no_pretrained or args.pretrained_path is not None
     backbone_lr = args.lr * (args.backbone_lr_mult if pretrained else 1.0)
     groups = {}
     for name, param in model.named_parameters():
         lr = backbone_lr if name.startswith("backbone.") else args.lr
-        decay = args.weight_decay if param.ndim > 1 else 0.0
+        decay = args.weight_decay if param.ndim > 1 and name != "mirror_offset" else 0.0
         groups.setdefault((lr, decay), []).append(param)
     return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()])
 
@@ -497,8 +498,10 @@ def train(args: argparse.Namespace) -> float:
                 if "image" in batch:
                     images = batch["image"].to(device, non_blocking=True).float()
                     keypoints = batch["keypoints"].to(device, non_blocking=True)
+                    mirrored = batch["mirrored"].to(device, non_blocking=True)
                     copy_tensors(buffers_before_step, buffers)
-                    loss, parts = batch_loss(forward, model, images, keypoints, args, amp_dtype, keypoint_weights)
+                    loss, parts = batch_loss(forward, model, images, keypoints, mirrored, args, amp_dtype,
+                                             keypoint_weights)
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
@@ -548,6 +551,9 @@ def train(args: argparse.Namespace) -> float:
             record = {"epoch": epoch, **{f"train_{k}": v / max(1, steps_done) for k, v in sums.items()},
                       "lr": scheduler.get_last_lr()[0], "val_nme_iod": metrics["nme_iod"],
                       "val_failure_rate": metrics["failure_rate_10"], "val_auc": metrics["auc_10"],
+                      # mean learned offset (input px) between a mirrored face's labels and the mirrored labels
+                      "mirror_offset_x": eval_model.mirror_shift(True)[..., 0].mean().item(),
+                      "mirror_offset_y": eval_model.mirror_shift(True)[..., 1].mean().item(),
                       "train_unreadable": len(unreadable), "val_unreadable": len(metrics["unreadable_images"]),
                       "train_images_per_s": steps_done * args.batch_size * world_size / train_time,
                       "epoch_time_s": time.time() - start}

@@ -2,11 +2,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 import evaluate
 from conftest import BROKEN_CHECKPOINTS, DOGFLW_META, write_broken_checkpoint
-from dataset import LandmarkDataset
-from evaluate import ced_curve, compute_metrics, draw_landmarks, plot_ced, plot_training_curves, write_visualisations
+from dataset import LandmarkDataset, heatmap_targets
+from evaluate import (ced_curve, compute_metrics, draw_landmarks, plot_ced, plot_training_curves, predict_crops,
+                      write_visualisations)
+from model import HEATMAP_STRIDE, LandmarkModel
 from tools.convert_dogflw_to_coco import convert
 
 
@@ -17,6 +21,29 @@ def two_images():
     pred[0, 2] += [3, 4]         # image 0: errors 0, 0, 5 px     -> NME (5 / 3) / 10 = 16.67 %
     pred[1, :] += [0.24, 0.32]   # image 1: errors 0.4 px each    -> NME 4 %
     return pred, gt
+
+
+class BlobFinder(LandmarkModel):
+    """A 'network' that maps each image's red channel, pooled to stride 4, to the heatmap of its one
+    landmark: exactly mirror-equivariant, so the flip test changes only what the mirror offset adds."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(images[:, :1], HEATMAP_STRIDE) / 255
+
+
+def test_flip_test_unmirrors_with_the_learned_mirror_offset():
+    model = BlobFinder("resnet18", 1, 64)
+    blob = torch.tensor([[[21.3, 40.6]]])  # (B, K, 2) input pixels
+    images = (heatmap_targets(blob, 64, 64, sigma=3.0) * 255).expand(1, 3, 64, 64)
+    identity = np.eye(2, 3)[None]
+    plain, _ = predict_crops(model, images, identity)
+    unbiased, _ = predict_crops(model, images, identity, flip_index=[0])
+    np.testing.assert_allclose(unbiased, plain, atol=1e-4)
+    with torch.no_grad():
+        model.mirror_offset.copy_(torch.tensor([[1.0, 0.5]]))  # heatmap px: (4, 2) input px
+    shifted, _ = predict_crops(model, images, identity, flip_index=[0])
+    # the mirrored branch's +4 px in x is -4 px once unmirrored, +2 px in y stays; each counts half
+    np.testing.assert_allclose(shifted - plain, [[[-2.0, 1.0]]], atol=1e-4)
 
 
 def test_nme_iod_failure_rate_and_pck_by_hand():

@@ -27,6 +27,17 @@ def test_decode_returns_input_pixels_and_confidence():
     assert torch.allclose(confidence, torch.ones(1, 2), atol=0.05)
 
 
+def test_decode_adds_the_mirror_offset_to_mirrored_crops_only():
+    model = LandmarkModel("resnet18", 2, 64)
+    logits = heatmap_targets(torch.tensor([[[20.0, 30.0], [41.5, 9.25]]]), 16, 16, sigma=2.0).repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        model.mirror_offset.copy_(torch.tensor([[0.5, -0.25], [0.0, 1.0]]))
+    plain = model.decode(logits)[0]
+    mixed = model.decode(logits, mirrored=torch.tensor([False, True]))[0]
+    assert torch.equal(mixed[0], plain[0])
+    assert torch.allclose(mixed[1] - plain[1], torch.tensor([[2.0, -1.0], [0.0, 4.0]]))
+
+
 @pytest.mark.parametrize("backbone", ["hrnet_w32", "tf_efficientnetv2_s", "resnet18"])
 def test_output_shapes(backbone):
     model = LandmarkModel(backbone, 46, 64).eval()

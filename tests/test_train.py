@@ -18,6 +18,7 @@ from geometry import apply_affine, box_to_center_size, crop_affine, input_to_hea
 from model import HEATMAP_STRIDE, LandmarkModel
 from tools.convert_dogflw_to_coco import DOGFLW_META, convert
 
+NOT_MIRRORED = torch.zeros(1, dtype=torch.bool)
 SMALL_RUN = ["--backbone", "resnet18", "--input-size", "64", "--no-pretrained", "--batch-size", "8",
              "--num-workers", "0"]
 
@@ -65,18 +66,40 @@ def test_loss_is_small_for_a_perfect_prediction_and_large_otherwise():
     model = LandmarkModel("resnet18", 3, 64)
     keypoints = torch.tensor([[[10.0, 20.0], [30.5, 40.25], [36.0, 12.0]]])
     perfect = heatmap_targets(input_to_heatmap(keypoints, HEATMAP_STRIDE), 16, 16, 2.0)
-    loss, parts = train_simple.landmark_loss(model, perfect, keypoints, 2.0, 1.0, 1.0)
+    loss, parts = train_simple.landmark_loss(model, perfect, keypoints, NOT_MIRRORED, 2.0, 1.0, 1.0)
     assert parts["heatmap"] == pytest.approx(0.0, abs=1e-6) and parts["coord"] < 0.05
     shifted = torch.roll(perfect, shifts=2, dims=-1)  # 2 heatmap pixels to the right
-    worse, worse_parts = train_simple.landmark_loss(model, shifted, keypoints, 2.0, 1.0, 1.0)
+    worse, worse_parts = train_simple.landmark_loss(model, shifted, keypoints, NOT_MIRRORED, 2.0, 1.0, 1.0)
     assert worse_parts["coord"] == pytest.approx(2.0, abs=0.1) and worse > loss + 2
+
+
+@pytest.mark.parametrize("heatmap_weight, coord_weight", [(1.0, 1.0), (1.0, 0.0), (0.0, 1.0)])
+def test_the_mirror_offset_learns_how_mirrored_labels_differ(heatmap_weight, coord_weight):
+    """Mirrored crops whose labels sit 1 heatmap pixel right of what the network sees: both loss
+    terms move the offset there, and then a perfect heatmap has (near) zero loss."""
+    model = LandmarkModel("resnet18", 3, 64)
+    seen = torch.tensor([[[10.0, 20.0], [30.5, 40.25], [36.0, 12.0]]]).repeat(2, 1, 1)
+    logits = heatmap_targets(input_to_heatmap(seen, HEATMAP_STRIDE), 16, 16, 2.0)
+    labels = seen + torch.tensor([[[0.0, 0.0]], [[HEATMAP_STRIDE, 0.0]]])  # the second crop is mirrored
+    mirrored = torch.tensor([False, True])
+    optimizer = torch.optim.Adam([model.mirror_offset], lr=0.05)
+    for _ in range(100):
+        loss, _ = train_simple.landmark_loss(model, logits, labels, mirrored, 2.0, heatmap_weight, coord_weight)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    offset = model.mirror_offset.detach()
+    assert offset[:, 0] == pytest.approx(torch.ones(3), abs=0.1) and offset[:, 1].abs().max() < 0.1
+    _, parts = train_simple.landmark_loss(model, logits, labels, mirrored, 2.0, 1.0, 1.0)
+    assert parts["heatmap"] < 0.01 and parts["coord"] < 0.1
+    assert torch.allclose(model.decode(logits[1:], mirrored=True)[0].detach(), labels[1:], atol=0.5)
 
 
 def test_landmarks_outside_the_crop_get_no_coordinate_loss():
     model = LandmarkModel("resnet18", 2, 64)
     keypoints = torch.tensor([[[10.0, 20.0], [90.0, 20.0]]])  # the second is right of the 64 px crop
     logits = heatmap_targets(input_to_heatmap(keypoints, HEATMAP_STRIDE), 16, 16, 2.0)
-    _, parts = train_simple.landmark_loss(model, logits, keypoints, 2.0, 0.0, 1.0)
+    _, parts = train_simple.landmark_loss(model, logits, keypoints, NOT_MIRRORED, 2.0, 0.0, 1.0)
     assert parts["coord"] < 0.05
 
 
@@ -308,8 +331,8 @@ def test_keypoint_weights_scale_each_landmarks_loss():
     keypoints = torch.tensor([[[10.0, 20.0], [30.0, 40.0]]])
     logits = heatmap_targets(input_to_heatmap(keypoints, HEATMAP_STRIDE), 16, 16, 2.0)
     logits[:, 1] = torch.roll(logits[:, 1], shifts=2, dims=-1)  # only landmark 1 is wrong
-    _, even = train_simple.landmark_loss(model, logits, keypoints, 2.0, 1.0, 1.0, torch.tensor([1.0, 1.0]))
-    _, skewed = train_simple.landmark_loss(model, logits, keypoints, 2.0, 1.0, 1.0, torch.tensor([0.5, 1.5]))
+    _, even = train_simple.landmark_loss(model, logits, keypoints, NOT_MIRRORED, 2.0, 1.0, 1.0, torch.tensor([1.0, 1.0]))
+    _, skewed = train_simple.landmark_loss(model, logits, keypoints, NOT_MIRRORED, 2.0, 1.0, 1.0, torch.tensor([0.5, 1.5]))
     assert skewed["heatmap"] == pytest.approx(1.5 * even["heatmap"], rel=1e-5)
     assert skewed["coord"] == pytest.approx(1.5 * even["coord"], rel=0.05)
 

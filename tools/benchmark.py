@@ -63,10 +63,11 @@ def training_rate(model: LandmarkModel, images: torch.Tensor, keypoints: torch.T
     amp_dtype = train_simple.autocast_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     weights = torch.ones(model.config["num_keypoints"], device=device)
+    mirrored = torch.arange(len(images), device=device) % 2 == 1  # half the crops, as flip augmentation does
     model.train()
 
     def step() -> None:
-        loss, _ = train_simple.batch_loss(model, model, images, keypoints, train_args, amp_dtype, weights)
+        loss, _ = train_simple.batch_loss(model, model, images, keypoints, mirrored, train_args, amp_dtype, weights)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
