@@ -3,21 +3,31 @@
 Each sample is one annotated face: its box is padded to a square, warped (with augmentation
 when training) into an input_size x input_size crop, and its landmarks follow the same affine
 transform (geometry.py holds the conventions). Images stay uint8; the model normalises them.
+
+A crop cache decodes every image once into a file of uint8 face crops at the model's scale,
+CACHE_MARGIN times the crop side so that augmentation has room; samples are then warped from
+it instead of from the image. Without augmentation a cached sample equals a direct one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from geometry import apply_affine, box_to_center_size, crop_affine, flip_points, warp_image
+from geometry import (apply_affine, box_to_center_size, compose_affine, crop_affine, flip_points, invert_affine,
+                      warp_image)
 
 cv2.setNumThreads(1)  # parallelism comes from DataLoader workers
+CACHE_MARGIN = 1.5  # cached crop side / model crop side
+CACHE_FORMAT = 1    # bump when what a cache file holds changes
 
 
 class DataError(ValueError):
@@ -113,6 +123,7 @@ class LandmarkDataset(Dataset):
 
     def __init__(self, ann_file: str | Path, data_root: str | Path | None, input_size: int,
                  padding: float = 1.25, augmentation: Augmentation | None = None, seed: int = 0):
+        self.ann_file = Path(ann_file)
         self.records, self.meta, info_root = load_coco(ann_file)
         root = data_root if data_root is not None else info_root
         if root is None:
@@ -122,17 +133,63 @@ class LandmarkDataset(Dataset):
         self.padding = padding
         self.augmentation = augmentation
         self.seed = seed
+        self.cache_path: Path | None = None
+        self.cache_unreadable: set[int] = set()
+        self._cache: np.ndarray | None = None  # memory map, opened in each process on first use
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": None}  # workers map the file themselves
+
+    def cache_side(self) -> int:
+        """Side of a cached crop: CACHE_MARGIN x input_size, rounded so the two crops share pixel centres."""
+        return self.input_size + 2 * round(self.input_size * (CACHE_MARGIN - 1) / 2)
+
+    def cache_affine(self, index: int) -> np.ndarray:
+        """The matrix from original pixels to record `index`'s cached crop (the model's scale)."""
+        center, size = box_to_center_size(self.records[index]["box"], self.padding)
+        side = self.cache_side()
+        return crop_affine(center, size * side / self.input_size, side)
+
+    def cache_key(self) -> str:
+        """What a cache file depends on: the annotations, the image folder, the crop geometry."""
+        content = hashlib.sha1(self.ann_file.read_bytes()).hexdigest()
+        key = json.dumps([CACHE_FORMAT, content, str(self.data_root.resolve()), self.input_size, self.padding])
+        return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+    def use_cache(self, cache_dir: str | Path, build: bool = True, num_workers: int = 0) -> Path:
+        """Read samples from this dataset's crop cache in `cache_dir`, building it first if it is
+        missing (`build`) or out of date. Returns the cache file."""
+        path = Path(cache_dir) / f"{self.ann_file.stem}-{self.input_size}px-{self.cache_key()}.npy"
+        listing = path.with_suffix(".json")
+        if build and not listing.exists():
+            build_crop_cache(self, path, num_workers)
+        try:
+            self.cache_unreadable = set(json.loads(listing.read_text(encoding="utf-8"))["unreadable"])
+        except (OSError, ValueError, KeyError) as err:
+            raise DataError(f"{listing}: crop cache unusable ({err}); delete {path.parent} to rebuild it") from None
+        self.cache_path, self._cache = path, None
+        return path
+
+    def cached_crops(self) -> np.ndarray:
+        if self._cache is None:
+            self._cache = np.load(self.cache_path, mmap_mode="r")
+        return self._cache
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         record = self.records[index]
-        try:
-            image = read_image(self.data_root / record["file"])
-        except DataError:
-            return {"unreadable": str(self.data_root / record["file"]), "index": index}
+        if self.cache_path is not None:
+            if index in self.cache_unreadable:
+                return {"unreadable": str(self.data_root / record["file"]), "index": index}
+            image, to_image = self.cached_crops()[index], invert_affine(self.cache_affine(index))
+        else:
+            try:
+                image, to_image = read_image(self.data_root / record["file"]), np.eye(2, 3)
+            except DataError:
+                return {"unreadable": str(self.data_root / record["file"]), "index": index}
         center, size = box_to_center_size(record["box"], self.padding)
         aug = self.augmentation
         rotation, flip = 0.0, False
@@ -143,7 +200,7 @@ class LandmarkDataset(Dataset):
             rotation = rng.uniform(-aug.rotation, aug.rotation)
             flip = rng.random() < aug.flip_prob
         matrix = crop_affine(center, size, self.input_size, rotation)
-        crop = warp_image(image, matrix, self.input_size)
+        crop = warp_image(image, compose_affine(matrix, to_image), self.input_size)
         keypoints = apply_affine(record["keypoints"], matrix)
         if flip:
             crop = crop[:, ::-1]
@@ -157,6 +214,52 @@ class LandmarkDataset(Dataset):
             "mirrored": bool(flip),
             "index": index,
         }
+
+
+class CacheCrops(Dataset):
+    """(index, cached crop or None if unreadable) for each record: what `build_crop_cache` writes."""
+
+    def __init__(self, dataset: LandmarkDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None]:
+        try:
+            image = read_image(self.dataset.data_root / self.dataset.records[index]["file"])
+        except DataError:
+            return index, None
+        return index, warp_image(image, self.dataset.cache_affine(index), self.dataset.cache_side())
+
+
+def build_crop_cache(dataset: LandmarkDataset, path: Path, num_workers: int) -> None:
+    """Decode every image of `dataset` once into `path` (N, side, side, 3) uint8 and list the
+    unreadable ones in path.json, which is written last and marks the cache complete."""
+    side = dataset.cache_side()
+    needed = len(dataset) * side * side * 3
+    path.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path.parent).free
+    if free < needed * 1.1:
+        raise DataError(f"{path.parent}: the crop cache needs {needed / 2**20:.0f} MB, {free / 2**20:.0f} MB "
+                        f"are free; free some space or train with --no-crop-cache")
+    print(f"building the crop cache {path} ({len(dataset)} crops, {needed / 2**20:.0f} MB)")
+    partial = path.with_name(path.stem + f".partial{os.getpid()}.npy")
+    crops = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(dataset), side, side, 3))
+    unreadable = []
+    # its own generator: building the cache must not move the run's seeded random stream
+    loader = DataLoader(CacheCrops(dataset), batch_size=None, num_workers=num_workers, generator=torch.Generator())
+    for index, crop in loader:
+        if crop is None:
+            unreadable.append(index)
+        else:
+            crops[index] = np.asarray(crop)
+    crops.flush()
+    del crops
+    os.replace(partial, path)
+    listing = path.with_suffix(".json")
+    listing.with_suffix(".partial").write_text(json.dumps({"unreadable": unreadable}), encoding="utf-8")
+    os.replace(listing.with_suffix(".partial"), listing)
 
 
 def collate_readable(samples: list[dict]) -> dict:

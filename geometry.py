@@ -51,6 +51,11 @@ def invert_affine(matrix: np.ndarray) -> np.ndarray:
     return np.concatenate([linear_inv, -linear_inv @ shift], axis=-1)
 
 
+def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2x3 matrix that applies `inner` first, then `outer`."""
+    return np.concatenate([outer[:, :2] @ inner[:, :2], outer[:, :2] @ inner[:, 2:] + outer[:, 2:]], axis=1)
+
+
 def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Apply a 2x3 matrix to points (..., K, 2); a batch of matrices (B, 2, 3) to (B, K, 2)."""
     return points @ np.swapaxes(matrix[..., :2], -1, -2) + matrix[..., None, :, 2]

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from conftest import SMALL_META, make_faces, palette
+from torch.utils.data import DataLoader
+
 from dataset import (Augmentation, DataError, LandmarkDataset, collate_readable, heatmap_targets, load_coco,
                      validate_keypoint_meta)
 from geometry import apply_affine, box_to_center_size, crop_affine
@@ -109,3 +111,50 @@ def test_unusable_annotation_file_names_itself(tmp_path):
     bad.write_text(json.dumps({"images": []}))
     with pytest.raises(DataError, match=str(bad)):
         load_coco(bad)
+
+
+def test_cached_crops_equal_direct_ones_and_augment_alike(toy_ann, tmp_path):
+    direct = LandmarkDataset(toy_ann, None, 64)
+    cached = LandmarkDataset(toy_ann, None, 64)
+    path = cached.use_cache(tmp_path / "cache")
+    assert np.load(path).shape == (6, 96, 96, 3)
+    for index in range(len(direct)):  # without augmentation: the same pixels, up to cv2's fixed-point rounding
+        a, b = direct[index], cached[index]
+        assert (a["image"].int() - b["image"].int()).abs().max() <= 1
+        assert torch.equal(a["keypoints"], b["keypoints"])
+    aug = Augmentation(color=0, blur_prob=0, noise_prob=0, erase_prob=0)
+    direct.augmentation = cached.augmentation = aug
+    for index in range(len(direct)):  # augmented: the same landmarks, the image resampled once more
+        a, b = direct[(index, 3)], cached[(index, 3)]
+        assert torch.equal(a["keypoints"], b["keypoints"])
+        assert (a["image"].float() - b["image"].float()).abs().mean() < 4
+    workers = DataLoader(cached, batch_size=3, num_workers=2, collate_fn=collate_readable)
+    assert torch.equal(torch.cat([batch["image"] for batch in workers]), torch.stack([cached[i]["image"] for i in range(6)]))
+
+
+def test_crop_cache_is_reused_and_rebuilt_when_the_annotations_change(toy_ann, tmp_path, capsys):
+    copy = tmp_path / "train.json"
+    copy.write_bytes(toy_ann.read_bytes())
+    first = LandmarkDataset(copy, None, 64).use_cache(tmp_path / "cache")
+    assert "building the crop cache" in capsys.readouterr().out
+    again = LandmarkDataset(copy, None, 64).use_cache(tmp_path / "cache")
+    assert again == first and "building" not in capsys.readouterr().out
+    assert LandmarkDataset(copy, None, 96).use_cache(tmp_path / "cache") != first  # another crop size
+    coco = json.loads(copy.read_text())
+    coco["annotations"][0]["keypoints"][0] += 1.0
+    copy.write_text(json.dumps(coco))
+    changed = LandmarkDataset(copy, None, 64)
+    assert changed.use_cache(tmp_path / "cache") != first and "building" in capsys.readouterr().out
+    assert changed[0]["keypoints"][0, 0] != LandmarkDataset(toy_ann, None, 64)[0]["keypoints"][0, 0]
+
+
+def test_crop_cache_lists_unreadable_images(toy_ann, tmp_path):
+    dataset = LandmarkDataset(toy_ann, None, 64)
+    path = dataset.data_root / dataset.records[1]["file"]
+    original = path.read_bytes()
+    path.write_bytes(b"not an image")
+    try:
+        dataset.use_cache(tmp_path / "cache")
+    finally:
+        path.write_bytes(original)
+    assert dataset[1] == {"unreadable": str(path), "index": 1} and "image" in dataset[0]

@@ -103,6 +103,17 @@ def test_landmarks_outside_the_crop_get_no_coordinate_loss():
     assert parts["coord"] < 0.05
 
 
+def test_optimizer_rates_and_decay_per_parameter():
+    model = LandmarkModel("resnet18", 3, 64)
+    args = train_simple.parse_args(["--backbone", "resnet18", "--lr", "0.002"])  # pretrained backbone
+    groups = train_simple.build_optimizer(model, args).param_groups
+    setting = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert setting[id(model.backbone.conv1.weight)] == (pytest.approx(0.0002), 1e-4)
+    assert setting[id(model.head[0].weight)] == (0.002, 1e-4) and setting[id(model.head[1].bias)] == (0.002, 0.0)
+    assert setting[id(model.mirror_offset)] == (pytest.approx(0.002 * train_simple.MIRROR_OFFSET_LR_MULT), 0.0)
+    assert len(setting) == len(list(model.parameters()))
+
+
 def test_ema_and_schedule():
     model, ema = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
     with torch.no_grad():

@@ -6,8 +6,8 @@
 
 Training images/s is the full step of train_simple.py (autocast forward, loss, backward, AdamW
 step, reading the loss) on batches already on the device; evaluation images/s is the forward
-pass and soft-argmax decoding without gradients; with --ann, the data pipeline (decode, crop,
-augment, collate in --num-workers workers) is timed alone. Each figure is the median of
+pass and soft-argmax decoding without gradients; with --ann, the data pipeline (crop from the
+crop cache or decode, augment, collate in --num-workers workers) is timed alone. Each figure is the median of
 --repeats timings of --steps batches, after --warmup batches.
 """
 from __future__ import annotations
@@ -55,9 +55,10 @@ def timed(run_batch, device: torch.device, batch_size: int, steps: int, warmup: 
     return statistics.median(rates)
 
 
-def training_rate(model: LandmarkModel, images: torch.Tensor, keypoints: torch.Tensor, train_args: argparse.Namespace,
-                  steps: int, warmup: int, repeats: int) -> float:
-    """Images/s of train_simple's training step on one batch kept on the device."""
+def training_rate(forward, model: LandmarkModel, images: torch.Tensor, keypoints: torch.Tensor,
+                  train_args: argparse.Namespace, steps: int, warmup: int, repeats: int) -> float:
+    """Images/s of train_simple's training step on one batch kept on the device; `forward` is the
+    model or its torch.compile'd version."""
     device = images.device
     optimizer = train_simple.build_optimizer(model, train_args)
     amp_dtype = train_simple.autocast_dtype(device)
@@ -67,7 +68,7 @@ def training_rate(model: LandmarkModel, images: torch.Tensor, keypoints: torch.T
     model.train()
 
     def step() -> None:
-        loss, _ = train_simple.batch_loss(model, model, images, keypoints, mirrored, train_args, amp_dtype, weights)
+        loss, _ = train_simple.batch_loss(forward, model, images, keypoints, mirrored, train_args, amp_dtype, weights)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -107,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ann", help="COCO keypoints file: time its data pipeline and train on its crops")
     parser.add_argument("--data-root", help="folder the annotation's file names are relative to")
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--no-crop-cache", action="store_true", help="time the pipeline decoding every image "
+                        "instead of reading train_simple.py's crop cache (built beside --ann if missing)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training forward, as "
+                        "train_simple.py --compile")
     parser.add_argument("--steps", type=int, default=20, help="batches per timing")
     parser.add_argument("--warmup", type=int, default=3, help="batches before the timings")
     parser.add_argument("--repeats", type=int, default=3, help="timings per figure (the median is reported)")
@@ -120,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     num_keypoints, data_rate = args.num_keypoints, None
     if args.ann:
         dataset = LandmarkDataset(args.ann, args.data_root, args.input_size, augmentation=Augmentation())
+        if not args.no_crop_cache:
+            dataset.use_cache(train_simple.default_cache_dir(args.ann), num_workers=args.num_workers)
         loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                             num_workers=args.num_workers, collate_fn=collate_readable,
                             persistent_workers=args.num_workers > 0)
@@ -130,16 +137,19 @@ def main(argv: list[str] | None = None) -> int:
         num_keypoints = dataset.meta["num_keypoints"]
         batch = next(iter(loader))
         images, keypoints = batch["image"].float(), batch["keypoints"]
-        result.update(data_images_per_s=data_rate, num_workers=args.num_workers)
+        result.update(data_images_per_s=data_rate, num_workers=args.num_workers, crop_cache=not args.no_crop_cache)
     else:
         images = torch.randint(0, 256, (args.batch_size, 3, args.input_size, args.input_size)).float()
         keypoints = torch.rand(args.batch_size, num_keypoints, 2) * (args.input_size - 1)
     train_args = train_simple.parse_args(["--backbone", args.backbone, "--input-size", str(args.input_size),
                                           "--no-pretrained"])
-    model = LandmarkModel(args.backbone, num_keypoints, args.input_size, train_args.neck_channels).to(device)
-    images, keypoints = images.to(device), keypoints.to(device)
-    result["train_images_per_s"] = training_rate(model, images, keypoints, train_args, args.steps, args.warmup,
-                                                 args.repeats)
+    model = LandmarkModel(args.backbone, num_keypoints, args.input_size, train_args.neck_channels)
+    memory_format = train_simple.place_model(model, device)
+    images, keypoints = images.to(device).contiguous(memory_format=memory_format), keypoints.to(device)
+    forward = torch.compile(model) if args.compile else model
+    result["train_images_per_s"] = training_rate(forward, model, images, keypoints, train_args, args.steps,
+                                                 args.warmup, args.repeats)
+    result["compile"] = args.compile
     result["eval_images_per_s"] = evaluation_rate(model, images, args.steps, args.warmup, args.repeats)
     result["peak_memory_mb"] = peak_memory_mb(device)
     if args.json:
