@@ -6,7 +6,8 @@ transform (geometry.py holds the conventions). Images stay uint8; the model norm
 
 A crop cache decodes every image once into a file of uint8 face crops at the model's scale,
 CACHE_MARGIN times the crop side so that augmentation has room; samples are then warped from
-it instead of from the image. Without augmentation a cached sample equals a direct one.
+it instead of from the image. Without augmentation a cached sample equals a direct one. A
+change to the annotations or to any image file makes a new cache file.
 """
 from __future__ import annotations
 
@@ -154,9 +155,17 @@ class LandmarkDataset(Dataset):
         return crop_affine(center, size * side / self.input_size, side)
 
     def cache_key(self) -> str:
-        """What a cache file depends on: the annotations, the image folder, the crop geometry."""
-        content = hashlib.sha1(self.ann_file.read_bytes()).hexdigest()
-        key = json.dumps([CACHE_FORMAT, content, str(self.data_root.resolve()), self.input_size, self.padding])
+        """What a cache file depends on: the annotations, each image file's size and modification
+        time, the image folder and the crop geometry."""
+        files = []
+        for record in self.records:
+            try:
+                stat = (self.data_root / record["file"]).stat()
+                files.append((stat.st_size, stat.st_mtime_ns))
+            except OSError:
+                files.append(None)
+        key = json.dumps([CACHE_FORMAT, hashlib.sha1(self.ann_file.read_bytes()).hexdigest(), files,
+                          str(self.data_root.resolve()), self.input_size, self.padding])
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def use_cache(self, cache_dir: str | Path, build: bool = True, num_workers: int = 0) -> Path:

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -132,7 +133,7 @@ def test_cached_crops_equal_direct_ones_and_augment_alike(toy_ann, tmp_path):
     assert torch.equal(torch.cat([batch["image"] for batch in workers]), torch.stack([cached[i]["image"] for i in range(6)]))
 
 
-def test_crop_cache_is_reused_and_rebuilt_when_the_annotations_change(toy_ann, tmp_path, capsys):
+def test_crop_cache_is_reused_and_rebuilt_when_annotations_or_images_change(toy_ann, tmp_path, capsys):
     copy = tmp_path / "train.json"
     copy.write_bytes(toy_ann.read_bytes())
     first = LandmarkDataset(copy, None, 64).use_cache(tmp_path / "cache")
@@ -146,6 +147,10 @@ def test_crop_cache_is_reused_and_rebuilt_when_the_annotations_change(toy_ann, t
     changed = LandmarkDataset(copy, None, 64)
     assert changed.use_cache(tmp_path / "cache") != first and "building" in capsys.readouterr().out
     assert changed[0]["keypoints"][0, 0] != LandmarkDataset(toy_ann, None, 64)[0]["keypoints"][0, 0]
+    image = changed.data_root / changed.records[0]["file"]
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the image was replaced
+    assert LandmarkDataset(copy, None, 64).use_cache(tmp_path / "cache") != changed.cache_path
 
 
 def test_crop_cache_lists_unreadable_images(toy_ann, tmp_path):

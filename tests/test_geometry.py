@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from geometry import (apply_affine, box_to_center_size, crop_affine, flip_points, heatmap_to_input,
+from geometry import (apply_affine, box_to_center_size, compose_affine, crop_affine, flip_points, heatmap_to_input,
                       input_to_heatmap, invert_affine, warp_image)
 
 
@@ -19,6 +19,15 @@ def test_batched_inverse_matches_single():
     batched = apply_affine(points, invert_affine(matrices))
     single = np.stack([apply_affine(points[i], invert_affine(matrices[i])) for i in range(3)])
     np.testing.assert_allclose(batched, single, atol=1e-9)
+
+
+def test_compose_applies_inner_then_outer():
+    inner = crop_affine(np.array([120.0, 95.0]), 140.0, 192, rotation_deg=-12.0)
+    outer = crop_affine(np.array([90.0, 101.0]), 150.0, 128, rotation_deg=25.0)
+    points = np.random.default_rng(2).uniform(0, 250, size=(7, 2))
+    np.testing.assert_allclose(apply_affine(points, compose_affine(outer, inner)),
+                               apply_affine(apply_affine(points, inner), outer), atol=1e-9)
+    np.testing.assert_allclose(compose_affine(inner, invert_affine(inner)), np.eye(2, 3), atol=1e-12)
 
 
 def test_crop_edges_land_on_outer_pixel_edges():
