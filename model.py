@@ -107,14 +107,17 @@ class LandmarkModel(nn.Module):
                                                      align_corners=False)
         return self.head(fused)
 
-    def decode(self, logits: torch.Tensor, mirrored: torch.Tensor | bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, logits: torch.Tensor, mirrored: torch.Tensor | bool | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Landmarks in input pixels (B, K, 2) and confidences (B, K) from heatmap logits.
 
         `mirrored` (a bool, or one per crop) says which crops are horizontal mirrors of the
-        image; their landmarks get the learned mirror offset.
+        image; their landmarks get the learned mirror offset. None: no crop is mirrored.
         """
         points, confidence = decode_heatmaps(logits, self.log_beta.exp())
-        return points + self.mirror_shift(mirrored, points.dtype), confidence
+        if mirrored is not None:
+            points = points + self.mirror_shift(mirrored, points.dtype)
+        return points, confidence
 
     def mirror_shift(self, mirrored: torch.Tensor | bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The learned offset in input pixels for mirrored crops, zero for the others: (B|1, K, 2)."""
