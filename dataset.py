@@ -196,7 +196,7 @@ class LandmarkDataset(Dataset):
             image, to_image = self.cached_crops()[index], invert_affine(self.cache_affine(index))
         else:
             try:
-                image, to_image = read_image(self.data_root / record["file"]), np.eye(2, 3)
+                image, to_image = read_image(self.data_root / record["file"]), None
             except DataError:
                 return {"unreadable": str(self.data_root / record["file"]), "index": index}
         center, size = box_to_center_size(record["box"], self.padding)
@@ -209,7 +209,7 @@ class LandmarkDataset(Dataset):
             rotation = rng.uniform(-aug.rotation, aug.rotation)
             flip = rng.random() < aug.flip_prob
         matrix = crop_affine(center, size, self.input_size, rotation)
-        crop = warp_image(image, compose_affine(matrix, to_image), self.input_size)
+        crop = warp_image(image, matrix if to_image is None else compose_affine(matrix, to_image), self.input_size)
         keypoints = apply_affine(record["keypoints"], matrix)
         if flip:
             crop = crop[:, ::-1]

@@ -588,8 +588,8 @@ def train(args: argparse.Namespace) -> float:
                       "lr": scheduler.get_last_lr()[0], "val_nme_iod": metrics["nme_iod"],
                       "val_failure_rate": metrics["failure_rate_10"], "val_auc": metrics["auc_10"],
                       # mean learned offset (input px) between a mirrored face's labels and the mirrored labels
-                      "mirror_offset_x": eval_model.mirror_shift(True)[..., 0].mean().item(),
-                      "mirror_offset_y": eval_model.mirror_shift(True)[..., 1].mean().item(),
+                      **dict(zip(("mirror_offset_x", "mirror_offset_y"),
+                                 eval_model.mirror_shift(True).mean(dim=(0, 1)).tolist())),
                       "train_unreadable": len(unreadable), "val_unreadable": len(metrics["unreadable_images"]),
                       "train_images_per_s": steps_done * args.batch_size * world_size / train_time,
                       "epoch_time_s": time.time() - start}
