@@ -279,19 +279,27 @@ def collate_readable(samples: list[dict]) -> dict:
     return batch
 
 
+def colour_matrix(image: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
+    """The 3x4 affine colour map equal to scaling `image` by brightness, then contrast about its
+    mean, then saturation about each pixel's grey (channel mean): one cv2.transform instead of
+    five passes over the pixels."""
+    mean = brightness * float(np.mean(cv2.mean(image)[:3]))
+    keep = brightness * contrast * saturation  # weight of the pixel's own channel
+    grey = brightness * contrast * (1 - saturation) / 3  # weight of each channel through the grey
+    return np.hstack([np.eye(3) * keep + grey, np.full((3, 1), mean * (1 - contrast))]).astype(np.float32)
+
+
 def photometric_augment(crop: np.ndarray, aug: Augmentation, rng: np.random.Generator) -> np.ndarray:
     """Colour jitter, blur, noise and a random occluding rectangle on a uint8 RGB crop."""
     image = crop.astype(np.float32)
     if aug.color > 0:
         brightness, contrast, saturation = rng.uniform(1 - aug.color, 1 + aug.color, size=3)
-        image *= brightness
-        image = (image - image.mean()) * contrast + image.mean()
-        gray = image.mean(axis=2, keepdims=True)
-        image = (image - gray) * saturation + gray
+        image = cv2.transform(image, colour_matrix(image, brightness, contrast, saturation))
     if rng.random() < aug.blur_prob:
         image = cv2.GaussianBlur(image, (0, 0), sigmaX=rng.uniform(0.5, 1.5))
     if rng.random() < aug.noise_prob:
-        image += rng.normal(0.0, rng.uniform(3, 12), size=image.shape).astype(np.float32)
+        sigma = np.float32(rng.uniform(3, 12))
+        image += rng.standard_normal(size=image.shape, dtype=np.float32) * sigma
     if rng.random() < aug.erase_prob:
         side = image.shape[0]
         area = rng.uniform(0.02, 0.15) * side * side

@@ -1,6 +1,7 @@
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -8,8 +9,8 @@ import torch
 from conftest import SMALL_META, make_faces, palette
 from torch.utils.data import DataLoader
 
-from dataset import (Augmentation, DataError, LandmarkDataset, collate_readable, heatmap_targets, load_coco,
-                     validate_keypoint_meta)
+from dataset import (Augmentation, DataError, LandmarkDataset, collate_readable, colour_matrix, heatmap_targets,
+                     load_coco, validate_keypoint_meta)
 from geometry import apply_affine, box_to_center_size, crop_affine
 from tools.convert_dogflw_to_coco import convert
 
@@ -61,6 +62,17 @@ def test_photometric_augmentation_keeps_uint8_and_shape(toy_ann):
     dataset = LandmarkDataset(toy_ann, None, 64, augmentation=Augmentation(blur_prob=1, noise_prob=1, erase_prob=1))
     image = dataset[0]["image"]
     assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("brightness,contrast,saturation", [(1.0, 1.0, 1.0), (1.3, 0.7, 1.2), (0.75, 1.25, 0.7)])
+def test_colour_matrix_equals_brightness_then_contrast_then_saturation(brightness, contrast, saturation):
+    image = np.random.default_rng(3).uniform(0, 255, size=(20, 30, 3)).astype(np.float32)
+    expected = image * brightness
+    expected = (expected - expected.mean()) * contrast + expected.mean()
+    grey = expected.mean(axis=2, keepdims=True)
+    expected = (expected - grey) * saturation + grey
+    jittered = cv2.transform(image, colour_matrix(image, brightness, contrast, saturation))
+    np.testing.assert_allclose(jittered, expected, atol=1e-3)
 
 
 def test_augmentation_is_fixed_by_seed_epoch_and_index(toy_ann):
