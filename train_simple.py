@@ -177,8 +177,9 @@ def load_keypoint_weights(path: str | None, meta: dict) -> torch.Tensor:
 
 def landmark_loss(model: LandmarkModel, logits: torch.Tensor, keypoints: torch.Tensor, mirrored: torch.Tensor,
                   sigma: float, heatmap_weight: float, coord_weight: float,
-                  keypoint_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Heatmap MSE against Gaussian targets plus L1 on the soft-argmax coordinates.
+                  keypoint_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Heatmap MSE against Gaussian targets plus L1 on the soft-argmax coordinates: the loss and
+    its two terms (detached 0-d tensors, so that the caller reads every figure in one host sync).
 
     Both are measured in heatmap pixels and weighted per landmark (`keypoint_weights`, mean 1).
     The heatmap term is the squared error summed over a map divided by the target's energy
@@ -202,7 +203,7 @@ def landmark_loss(model: LandmarkModel, logits: torch.Tensor, keypoints: torch.T
         error = F.l1_loss(pred_points, keypoints, reduction="none").sum(dim=-1) / HEATMAP_STRIDE
         coord_loss = (error * weights * inside).sum() / (weights * inside).sum().clamp_min(1e-6)
     loss = heatmap_weight * heatmap_loss + coord_weight * coord_loss
-    return loss, {"heatmap": heatmap_loss.item(), "coord": coord_loss.item()}
+    return loss, {"heatmap": heatmap_loss.detach(), "coord": coord_loss.detach()}
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -214,7 +215,7 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 def batch_loss(forward, model: LandmarkModel, images: torch.Tensor, keypoints: torch.Tensor,
                mirrored: torch.Tensor, args: argparse.Namespace, amp_dtype: torch.dtype | None,
-               keypoint_weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+               keypoint_weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The training loss of one batch: `forward` (the model, or its DDP wrapper) under autocast."""
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = forward(images)
@@ -245,7 +246,9 @@ def build_optimizer(model: LandmarkModel, args: argparse.Namespace) -> torch.opt
         lr *= MIRROR_OFFSET_LR_MULT if name == "mirror_offset" else 1.0
         decay = args.weight_decay if param.ndim > 1 and name != "mirror_offset" else 0.0
         groups.setdefault((lr, decay), []).append(param)
-    return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()])
+    fused = next(model.parameters()).is_cuda  # one kernel for all tensors instead of a few per tensor
+    return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
+                             fused=fused or None)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -258,15 +261,23 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
     return factor
 
 
-@torch.no_grad()
-def update_ema(ema: LandmarkModel, model: LandmarkModel, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model, over all float weights and buffers."""
-    ema_state, state = ema.state_dict(), model.state_dict()
-    floats = [k for k, v in ema_state.items() if v.dtype.is_floating_point]
-    torch._foreach_lerp_([ema_state[k] for k in floats], [state[k] for k in floats], 1.0 - decay)
-    for k, v in ema_state.items():
-        if not v.dtype.is_floating_point:
-            v.copy_(state[k])
+class WeightAverage:
+    """Keeps `ema` an exponential moving average of `model`: after each step ema = decay * ema +
+    (1 - decay) * model over float weights and buffers, and the other buffers copied. The tensor
+    lists are gathered once: state_dict() walks every module, milliseconds per call on HRNet."""
+
+    def __init__(self, ema: torch.nn.Module, model: torch.nn.Module):
+        ema_state, state = ema.state_dict(), model.state_dict()  # tensors sharing the modules' storage
+        floats = [k for k, v in ema_state.items() if v.dtype.is_floating_point]
+        others = [k for k in ema_state if k not in set(floats)]
+        self.ema_floats, self.floats = [ema_state[k] for k in floats], [state[k] for k in floats]
+        self.ema_others, self.others = [ema_state[k] for k in others], [state[k] for k in others]
+
+    @torch.no_grad()
+    def update(self, decay: float) -> None:
+        torch._foreach_lerp_(self.ema_floats, self.floats, 1.0 - decay)
+        if self.others:
+            copy_tensors(self.ema_others, self.others)
 
 
 @torch.no_grad()
@@ -462,6 +473,7 @@ def train(args: argparse.Namespace) -> float:
     model.log_beta.requires_grad_(args.coord_loss_weight > 0)  # only the coordinate loss trains beta
     memory_format = place_model(model, device)
     ema = copy.deepcopy(model).requires_grad_(False) if args.ema_decay > 0 else None
+    average = WeightAverage(ema, model) if ema is not None else None
     eval_model = ema if ema is not None else model
     forward = model if world_size == 1 else DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -541,7 +553,9 @@ def train(args: argparse.Namespace) -> float:
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
-                    loss_value, grad_norm = torch.stack([loss.detach(), gradient_norm(model)]).tolist()
+                    # the step's one host sync: every figure the decisions below need
+                    loss_value, grad_norm, parts["heatmap"], parts["coord"] = torch.stack(
+                        [loss.detach(), gradient_norm(model), parts["heatmap"], parts["coord"]]).tolist()
                     # every rank must take the same decisions: average the loss, count the stop requests
                     loss_value, parts["heatmap"], parts["coord"], stops = sum_across_ranks(
                         [loss_value, parts["heatmap"], parts["coord"], float(stop.signal_name is not None)], device)
@@ -553,9 +567,9 @@ def train(args: argparse.Namespace) -> float:
                     if finite:
                         scaler.step(optimizer)
                         scaler.update()
-                        if ema is not None:
+                        if average is not None:
                             step = (epoch - 1) * steps_per_epoch + i + 1
-                            update_ema(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
+                            average.update(min(args.ema_decay, (1 + step) / (10 + step)))
                         steps_done += 1
                         sums["loss"] += loss_value
                         for k, v in parts.items():

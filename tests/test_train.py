@@ -67,10 +67,10 @@ def test_loss_is_small_for_a_perfect_prediction_and_large_otherwise():
     keypoints = torch.tensor([[[10.0, 20.0], [30.5, 40.25], [36.0, 12.0]]])
     perfect = heatmap_targets(input_to_heatmap(keypoints, HEATMAP_STRIDE), 16, 16, 2.0)
     loss, parts = train_simple.landmark_loss(model, perfect, keypoints, NOT_MIRRORED, 2.0, 1.0, 1.0)
-    assert parts["heatmap"] == pytest.approx(0.0, abs=1e-6) and parts["coord"] < 0.05
+    assert float(parts["heatmap"]) == pytest.approx(0.0, abs=1e-6) and parts["coord"] < 0.05
     shifted = torch.roll(perfect, shifts=2, dims=-1)  # 2 heatmap pixels to the right
     worse, worse_parts = train_simple.landmark_loss(model, shifted, keypoints, NOT_MIRRORED, 2.0, 1.0, 1.0)
-    assert worse_parts["coord"] == pytest.approx(2.0, abs=0.1) and worse > loss + 2
+    assert float(worse_parts["coord"]) == pytest.approx(2.0, abs=0.1) and worse > loss + 2
 
 
 @pytest.mark.parametrize("heatmap_weight, coord_weight", [(1.0, 1.0), (1.0, 0.0), (0.0, 1.0)])
@@ -115,12 +115,19 @@ def test_optimizer_rates_and_decay_per_parameter():
 
 
 def test_ema_and_schedule():
-    model, ema = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
-    with torch.no_grad():
-        model.weight.fill_(1.0)
-        ema.weight.fill_(0.0)
-    train_simple.update_ema(ema, model, decay=0.75)
-    assert torch.allclose(ema.weight, torch.full_like(ema.weight, 0.25))
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    ema = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    average = train_simple.WeightAverage(ema, model)
+    for step in range(2):  # the tensor lists gathered once still follow both models
+        with torch.no_grad():
+            model[0].weight.fill_(1.0 + step)
+            ema[0].weight.fill_(0.0)
+            model[1].running_mean.fill_(4.0)
+            model[1].num_batches_tracked.fill_(7 + step)
+        average.update(decay=0.75)
+        assert torch.allclose(ema[0].weight, torch.full_like(ema[0].weight, 0.25 * (1 + step)))
+        assert torch.allclose(ema[1].running_mean, torch.full((3,), 1.0 + 0.75 * step))
+        assert int(ema[1].num_batches_tracked) == 7 + step
     factor = train_simple.warmup_cosine(warmup_steps=10, total_steps=110)
     assert factor(0) == pytest.approx(0.01) and factor(10) == pytest.approx(1.0)
     assert factor(60) == pytest.approx(0.505) and factor(110) == pytest.approx(0.01)
@@ -344,8 +351,8 @@ def test_keypoint_weights_scale_each_landmarks_loss():
     logits[:, 1] = torch.roll(logits[:, 1], shifts=2, dims=-1)  # only landmark 1 is wrong
     _, even = train_simple.landmark_loss(model, logits, keypoints, NOT_MIRRORED, 2.0, 1.0, 1.0, torch.tensor([1.0, 1.0]))
     _, skewed = train_simple.landmark_loss(model, logits, keypoints, NOT_MIRRORED, 2.0, 1.0, 1.0, torch.tensor([0.5, 1.5]))
-    assert skewed["heatmap"] == pytest.approx(1.5 * even["heatmap"], rel=1e-5)
-    assert skewed["coord"] == pytest.approx(1.5 * even["coord"], rel=0.05)
+    assert float(skewed["heatmap"]) == pytest.approx(1.5 * float(even["heatmap"]), rel=1e-5)
+    assert float(skewed["coord"]) == pytest.approx(1.5 * float(even["coord"]), rel=0.05)
 
 
 def test_epoch_sampler_shards_and_skips_deterministically():
