@@ -246,9 +246,9 @@ def build_optimizer(model: LandmarkModel, args: argparse.Namespace) -> torch.opt
         lr *= MIRROR_OFFSET_LR_MULT if name == "mirror_offset" else 1.0
         decay = args.weight_decay if param.ndim > 1 and name != "mirror_offset" else 0.0
         groups.setdefault((lr, decay), []).append(param)
-    fused = next(model.parameters()).is_cuda  # one kernel for all tensors instead of a few per tensor
+    # on CUDA the fused kernel updates every tensor at once instead of a few kernels per tensor
     return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
-                             fused=fused or None)
+                             fused=next(model.parameters()).is_cuda or None)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -269,7 +269,7 @@ class WeightAverage:
     def __init__(self, ema: torch.nn.Module, model: torch.nn.Module):
         ema_state, state = ema.state_dict(), model.state_dict()  # tensors sharing the modules' storage
         floats = [k for k, v in ema_state.items() if v.dtype.is_floating_point]
-        others = [k for k in ema_state if k not in set(floats)]
+        others = [k for k, v in ema_state.items() if not v.dtype.is_floating_point]
         self.ema_floats, self.floats = [ema_state[k] for k in floats], [state[k] for k in floats]
         self.ema_others, self.others = [ema_state[k] for k in others], [state[k] for k in others]
 
