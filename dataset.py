@@ -5,14 +5,15 @@ when training) into an input_size x input_size crop, and its landmarks follow th
 transform (geometry.py holds the conventions). Images stay uint8; the model normalises them.
 
 A crop cache decodes every image once into a file of uint8 face crops at the model's scale,
-CACHE_MARGIN times the crop side so that augmentation has room; samples are then warped from
-it instead of from the image. Without augmentation a cached sample equals a direct one. A
+large enough that every augmented crop lies inside it (`augmentation_reach`); samples are then
+warped from it instead of from the image. Without augmentation a cached sample equals a direct one. A
 change to the annotations or to any image file makes a new cache file.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -27,8 +28,7 @@ from geometry import (apply_affine, box_to_center_size, compose_affine, crop_aff
                       warp_image)
 
 cv2.setNumThreads(1)  # parallelism comes from DataLoader workers
-CACHE_MARGIN = 1.5  # cached crop side / model crop side
-CACHE_FORMAT = 1    # bump when what a cache file holds changes
+CACHE_FORMAT = 2  # bump when what a cache file holds changes
 
 
 class DataError(ValueError):
@@ -46,6 +46,16 @@ class Augmentation:
     blur_prob: float = 0.1      # Gaussian blur
     noise_prob: float = 0.1     # additive Gaussian pixel noise
     erase_prob: float = 0.3     # occlusion: one random rectangle filled with noise
+
+
+def augmentation_reach(aug: Augmentation | None) -> float:
+    """Side, in crop sides, of the square about the face box's centre that holds every augmented
+    crop: the largest scale, turned by the largest angle (the corners reach furthest at 45
+    degrees) and moved by the largest shift along both axes. 1 without augmentation."""
+    if aug is None:
+        return 1.0
+    angle = math.radians(min(abs(aug.rotation), 45.0))
+    return (1 + aug.scale) * (math.cos(angle) + math.sin(angle) + 2 * aug.shift)
 
 
 def validate_keypoint_meta(meta: dict, source: str) -> None:
@@ -145,8 +155,9 @@ class LandmarkDataset(Dataset):
         return {**self.__dict__, "_cache": None}  # workers map the file themselves
 
     def cache_side(self) -> int:
-        """Side of a cached crop: CACHE_MARGIN x input_size, rounded so the two crops share pixel centres."""
-        return self.input_size + 2 * round(self.input_size * (CACHE_MARGIN - 1) / 2)
+        """Side of a cached crop: input_size x augmentation_reach, rounded up so that the two crops
+        share pixel centres."""
+        return self.input_size + 2 * math.ceil(self.input_size * (augmentation_reach(self.augmentation) - 1) / 2)
 
     def cache_affine(self, index: int) -> np.ndarray:
         """The matrix from original pixels to record `index`'s cached crop (the model's scale)."""
@@ -165,7 +176,7 @@ class LandmarkDataset(Dataset):
             except OSError:
                 files.append(None)
         key = json.dumps([CACHE_FORMAT, hashlib.sha1(self.ann_file.read_bytes()).hexdigest(), files,
-                          str(self.data_root.resolve()), self.input_size, self.padding])
+                          str(self.data_root.resolve()), self.input_size, self.cache_side(), self.padding])
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def use_cache(self, cache_dir: str | Path, build: bool = True, num_workers: int = 0) -> Path:

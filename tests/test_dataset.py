@@ -1,3 +1,4 @@
+import itertools
 import json
 import os
 
@@ -11,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from dataset import (Augmentation, DataError, LandmarkDataset, collate_readable, colour_matrix, heatmap_targets,
                      load_coco, validate_keypoint_meta)
-from geometry import apply_affine, box_to_center_size, crop_affine
+from geometry import apply_affine, box_to_center_size, crop_affine, invert_affine
 from tools.convert_dogflw_to_coco import convert
 
 
@@ -130,19 +131,35 @@ def test_cached_crops_equal_direct_ones_and_augment_alike(toy_ann, tmp_path):
     direct = LandmarkDataset(toy_ann, None, 64)
     cached = LandmarkDataset(toy_ann, None, 64)
     path = cached.use_cache(tmp_path / "cache")
-    assert np.load(path).shape == (6, 96, 96, 3)
+    assert np.load(path).shape == (6, 64, 64, 3)  # no augmentation: no margin
     for index in range(len(direct)):  # without augmentation: the same pixels, up to cv2's fixed-point rounding
         a, b = direct[index], cached[index]
         assert (a["image"].int() - b["image"].int()).abs().max() <= 1
         assert torch.equal(a["keypoints"], b["keypoints"])
     aug = Augmentation(color=0, blur_prob=0, noise_prob=0, erase_prob=0)
     direct.augmentation = cached.augmentation = aug
+    path = cached.use_cache(tmp_path / "cache")
+    assert np.load(path).shape == (6, 126, 126, 3)  # 64 px x reach 1.96, rounded up to shared pixel centres
     for index in range(len(direct)):  # augmented: the same landmarks, the image resampled once more
         a, b = direct[(index, 3)], cached[(index, 3)]
         assert torch.equal(a["keypoints"], b["keypoints"])
         assert (a["image"].float() - b["image"].float()).abs().mean() < 4
     workers = DataLoader(cached, batch_size=3, num_workers=2, collate_fn=collate_readable)
     assert torch.equal(torch.cat([batch["image"] for batch in workers]), torch.stack([cached[i]["image"] for i in range(6)]))
+
+
+@pytest.mark.parametrize("aug", [Augmentation(), Augmentation(scale=0.4, rotation=60, shift=0.2)])
+def test_every_augmented_crop_lies_inside_the_cached_crop(toy_ann, aug):
+    dataset = LandmarkDataset(toy_ann, None, 64, augmentation=aug)
+    side, to_cache = dataset.cache_side(), dataset.cache_affine(0)
+    center, size = box_to_center_size(dataset.records[0]["box"], dataset.padding)
+    corners = np.array([[-0.5, -0.5], [63.5, -0.5], [63.5, 63.5], [-0.5, 63.5]])
+    extremes = itertools.product((1 - aug.scale, 1 + aug.scale), (-aug.shift, aug.shift), (-aug.shift, aug.shift),
+                                 np.linspace(-aug.rotation, aug.rotation, 25))
+    for scale, shift_x, shift_y, rotation in extremes:  # as LandmarkDataset draws them, at their limits
+        crop = crop_affine(center + np.array([shift_x, shift_y]) * size * scale, size * scale, 64, rotation)
+        in_cache = apply_affine(apply_affine(corners, invert_affine(crop)), to_cache)
+        assert in_cache.min() >= -0.5 - 1e-9 and in_cache.max() <= side - 0.5 + 1e-9, (scale, shift_x, rotation)
 
 
 def test_crop_cache_is_reused_and_rebuilt_when_annotations_or_images_change(toy_ann, tmp_path, capsys):
