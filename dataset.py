@@ -159,10 +159,9 @@ class LandmarkDataset(Dataset):
         share pixel centres."""
         return self.input_size + 2 * math.ceil(self.input_size * (augmentation_reach(self.augmentation) - 1) / 2)
 
-    def cache_affine(self, index: int) -> np.ndarray:
-        """The matrix from original pixels to record `index`'s cached crop (the model's scale)."""
+    def cache_affine(self, index: int, side: int) -> np.ndarray:
+        """The matrix from original pixels to record `index`'s cached crop of `side` pixels (the model's scale)."""
         center, size = box_to_center_size(self.records[index]["box"], self.padding)
-        side = self.cache_side()
         return crop_affine(center, size * side / self.input_size, side)
 
     def cache_key(self) -> str:
@@ -204,7 +203,8 @@ class LandmarkDataset(Dataset):
         if self.cache_path is not None:
             if index in self.cache_unreadable:
                 return {"unreadable": str(self.data_root / record["file"]), "index": index}
-            image, to_image = self.cached_crops()[index], invert_affine(self.cache_affine(index))
+            crops = self.cached_crops()  # its side, not one recomputed from the augmentation of now
+            image, to_image = crops[index], invert_affine(self.cache_affine(index, crops.shape[1]))
         else:
             try:
                 image, to_image = read_image(self.data_root / record["file"]), None
@@ -250,7 +250,8 @@ class CacheCrops(Dataset):
             image = read_image(self.dataset.data_root / self.dataset.records[index]["file"])
         except DataError:
             return index, None
-        return index, warp_image(image, self.dataset.cache_affine(index), self.dataset.cache_side())
+        side = self.dataset.cache_side()
+        return index, warp_image(image, self.dataset.cache_affine(index, side), side)
 
 
 def build_crop_cache(dataset: LandmarkDataset, path: Path, num_workers: int) -> None:

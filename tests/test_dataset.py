@@ -151,7 +151,7 @@ def test_cached_crops_equal_direct_ones_and_augment_alike(toy_ann, tmp_path):
 @pytest.mark.parametrize("aug", [Augmentation(), Augmentation(scale=0.4, rotation=60, shift=0.2)])
 def test_every_augmented_crop_lies_inside_the_cached_crop(toy_ann, aug):
     dataset = LandmarkDataset(toy_ann, None, 64, augmentation=aug)
-    side, to_cache = dataset.cache_side(), dataset.cache_affine(0)
+    side, to_cache = dataset.cache_side(), dataset.cache_affine(0, dataset.cache_side())
     center, size = box_to_center_size(dataset.records[0]["box"], dataset.padding)
     corners = np.array([[-0.5, -0.5], [63.5, -0.5], [63.5, 63.5], [-0.5, 63.5]])
     extremes = itertools.product((1 - aug.scale, 1 + aug.scale), (-aug.shift, aug.shift), (-aug.shift, aug.shift),
