@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,22 +266,28 @@ def build_crop_cache(dataset: LandmarkDataset, path: Path, num_workers: int) -> 
         raise DataError(f"{path.parent}: the crop cache needs {needed / 2**20:.0f} MB, {free / 2**20:.0f} MB "
                         f"are free; free some space or train with --no-crop-cache")
     print(f"building the crop cache {path} ({len(dataset)} crops, {needed / 2**20:.0f} MB)")
-    partial = path.with_name(path.stem + f".partial{os.getpid()}.npy")
-    crops = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(dataset), side, side, 3))
-    unreadable = []
-    # its own generator: building the cache must not move the run's seeded random stream
-    loader = DataLoader(CacheCrops(dataset), batch_size=None, num_workers=num_workers, generator=torch.Generator())
-    for index, crop in loader:
-        if crop is None:
-            unreadable.append(index)
-        else:
-            crops[index] = np.asarray(crop)
-    crops.flush()
-    del crops
-    os.replace(partial, path)
-    listing = path.with_suffix(".json")
-    listing.with_suffix(".partial").write_text(json.dumps({"unreadable": unreadable}), encoding="utf-8")
-    os.replace(listing.with_suffix(".partial"), listing)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.stem}.", suffix=".partial.npy")
+    os.close(handle)
+    partial, listing = Path(name), path.with_suffix(".json")  # a name of its own: two runs may build at once
+    try:
+        crops = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(dataset), side, side, 3))
+        unreadable = []
+        # its own generator: building the cache must not move the run's seeded random stream
+        loader = DataLoader(CacheCrops(dataset), batch_size=None, num_workers=num_workers,
+                            generator=torch.Generator())
+        for index, crop in loader:
+            if crop is None:
+                unreadable.append(index)
+            else:
+                crops[index] = np.asarray(crop)
+        crops.flush()
+        del crops
+        partial.with_suffix(".json").write_text(json.dumps({"unreadable": unreadable}), encoding="utf-8")
+        os.replace(partial, path)
+        os.replace(partial.with_suffix(".json"), listing)
+    finally:  # an interrupted build leaves no partial files behind
+        partial.unlink(missing_ok=True)
+        partial.with_suffix(".json").unlink(missing_ok=True)
 
 
 def collate_readable(samples: list[dict]) -> dict:

@@ -182,6 +182,33 @@ def test_crop_cache_is_reused_and_rebuilt_when_annotations_or_images_change(toy_
     assert LandmarkDataset(copy, None, 64).use_cache(tmp_path / "cache") != changed.cache_path
 
 
+def test_crop_cache_build_survives_another_build_of_it_finishing_first(toy_ann, tmp_path, monkeypatch):
+    """Two runs started together build the same cache file; neither may take the other's partial files."""
+    dataset = LandmarkDataset(toy_ann, None, 64)
+    replace, other_build_done = os.replace, []
+
+    def replace_after_the_other_build(source, target):
+        if not other_build_done:
+            other_build_done.append(True)
+            LandmarkDataset(toy_ann, None, 64).use_cache(tmp_path / "cache")
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_after_the_other_build)
+    path = dataset.use_cache(tmp_path / "cache")
+    assert other_build_done and np.load(path).shape == (6, 64, 64, 3)
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, path.with_suffix(".json").name])
+
+
+def test_interrupted_crop_cache_build_leaves_no_files(toy_ann, tmp_path, monkeypatch):
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("dataset.read_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        LandmarkDataset(toy_ann, None, 64).use_cache(tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_crop_cache_lists_unreadable_images(toy_ann, tmp_path):
     dataset = LandmarkDataset(toy_ann, None, 64)
     path = dataset.data_root / dataset.records[1]["file"]
