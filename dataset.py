@@ -268,7 +268,8 @@ def build_crop_cache(dataset: LandmarkDataset, path: Path, num_workers: int) -> 
     print(f"building the crop cache {path} ({len(dataset)} crops, {needed / 2**20:.0f} MB)")
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.stem}.", suffix=".partial.npy")
     os.close(handle)
-    partial, listing = Path(name), path.with_suffix(".json")  # a name of its own: two runs may build at once
+    partial = Path(name)  # a name of its own: two runs may build the same cache at once
+    partial_listing, listing = partial.with_suffix(".json"), path.with_suffix(".json")
     try:
         crops = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(dataset), side, side, 3))
         unreadable = []
@@ -282,12 +283,12 @@ def build_crop_cache(dataset: LandmarkDataset, path: Path, num_workers: int) -> 
                 crops[index] = np.asarray(crop)
         crops.flush()
         del crops
-        partial.with_suffix(".json").write_text(json.dumps({"unreadable": unreadable}), encoding="utf-8")
+        partial_listing.write_text(json.dumps({"unreadable": unreadable}), encoding="utf-8")
         os.replace(partial, path)
-        os.replace(partial.with_suffix(".json"), listing)
+        os.replace(partial_listing, listing)
     finally:  # an interrupted build leaves no partial files behind
         partial.unlink(missing_ok=True)
-        partial.with_suffix(".json").unlink(missing_ok=True)
+        partial_listing.unlink(missing_ok=True)
 
 
 def collate_readable(samples: list[dict]) -> dict:
