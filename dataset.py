@@ -1,4 +1,4 @@
-"""Top-down face crops from COCO keypoint files, with training augmentation and heatmap targets.
+"""Top-down face crops from COCO keypoint files, with training augmentation.
 
 Each sample is one annotated face: its box is padded to a square, warped (with augmentation
 when training) into an input_size x input_size crop, and its landmarks follow the same affine
@@ -23,17 +23,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from errors import DataError
 from geometry import (apply_affine, box_to_center_size, compose_affine, crop_affine, flip_points, invert_affine,
                       warp_image)
 
 cv2.setNumThreads(1)  # parallelism comes from DataLoader workers
 CACHE_FORMAT = 2  # bump when what a cache file holds changes
-
-
-class DataError(ValueError):
-    """An annotation file or keypoint metadata that cannot be used; the message says why."""
 
 
 @dataclass
@@ -113,15 +110,6 @@ def read_image(path: Path) -> np.ndarray:
     if image is None:
         raise DataError(f"{path}: cannot read image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def heatmap_targets(points: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
-    """Gaussian maps (B, K, H, W), peak 1, centred at sub-pixel heatmap points (B, K, 2)."""
-    xs = torch.arange(width, device=points.device, dtype=points.dtype)
-    ys = torch.arange(height, device=points.device, dtype=points.dtype)
-    gx = torch.exp(-((xs - points[..., 0:1]) ** 2) / (2 * sigma**2))  # (B, K, W)
-    gy = torch.exp(-((ys - points[..., 1:2]) ** 2) / (2 * sigma**2))  # (B, K, H)
-    return gy[..., :, None] * gx[..., None, :]
 
 
 class LandmarkDataset(Dataset):
@@ -235,6 +223,33 @@ class LandmarkDataset(Dataset):
             "mirrored": bool(flip),
             "index": index,
         }
+
+
+class EpochSampler(Sampler):
+    """A seeded shuffle per epoch, shared out across DDP ranks, yielding (index, epoch).
+
+    The epoch travels with each index so that a sample's augmentation is fixed by
+    (seed, epoch, index), even in persistent workers. `start_batch` skips the batches a
+    resumed run has already trained on.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = size // (batch_size * world_size)
+        self.epoch, self.start_batch = 1, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        mine = order[: self.batches_per_epoch * self.batch_size * self.world_size][self.rank::self.world_size]
+        return iter([(int(i), self.epoch) for i in mine[self.start_batch * self.batch_size:]])
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
 class CacheCrops(Dataset):

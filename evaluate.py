@@ -17,47 +17,20 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
-from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
-from dataset import DataError, LandmarkDataset, collate_readable, read_image
-from geometry import apply_affine, flip_points, invert_affine
-from model import CheckpointError, LandmarkModel, load_checkpoint
+from dataset import LandmarkDataset, collate_readable
+from errors import DataError, reports_errors
+from inference import predict_crops
+from model import LandmarkModel, load_landmark_model
+from run_utils import pick_device
+from visualize import plot_ced, write_visualisations
 
 FAILURE_THRESHOLD = 10.0  # NME_IOD percent above which an image counts as a failure
 PCK_THRESHOLDS = (0.05, 0.10)  # landmark error as a fraction of the inter-ocular distance
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-@torch.no_grad()
-def predict_crops(model: LandmarkModel, images: torch.Tensor, affines: np.ndarray,
-                  flip_index: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Landmarks in original-image pixels (B, K, 2) and confidences (B, K) for float crops.
-
-    `affines` (B, 2, 3) map original pixels to crop pixels. With flip_index, each crop is also
-    predicted mirrored (decoded with the model's learned mirror offset) and the two sets of
-    coordinates are averaged (flip test in coordinate space, never on heatmaps).
-    """
-    points, confidence = model.decode(model(images))
-    if flip_index is not None:
-        points_flip, confidence_flip = model.decode(model(images.flip(-1)), mirrored=True)
-        points = (points + flip_points(points_flip, flip_index, images.shape[-1])) / 2
-        confidence = (confidence + confidence_flip[:, flip_index]) / 2
-    return apply_affine(points.cpu().double().numpy(), invert_affine(affines)), confidence.cpu().numpy()
 
 
 @torch.no_grad()
@@ -105,7 +78,7 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray, iod_pair: list[int], boxes
     errors = np.linalg.norm(pred - gt, axis=-1)[valid] / iod[valid, None]  # (N, K) in IOD units
     per_image = errors.mean(axis=1) * 100
     if per_image.size == 0:
-        raise ValueError("no image with a non-zero inter-ocular distance to evaluate")
+        raise DataError("no image with a non-zero inter-ocular distance to evaluate")
     thresholds = np.linspace(0, FAILURE_THRESHOLD, 1001)
     ced = (per_image[None, :] <= thresholds[:, None]).mean(axis=1)
     metrics = {
@@ -138,107 +111,6 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray, iod_pair: list[int], boxes
             for i, name in enumerate(("small", "medium", "large")) if (bins == i).any()
         }
     return metrics
-
-
-def draw_landmarks(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None,
-                   box: np.ndarray | None = None, text: str | None = None) -> np.ndarray:
-    """RGB image with ground truth (green), predictions (red), error lines (yellow), the face box
-    (blue) and a caption. Dots are sized to the face box when there is one, else to the image."""
-    canvas = image.copy()
-    scale = max(box[2] - box[0], box[3] - box[1]) / 60 if box is not None else max(image.shape[:2]) / 200
-    radius = max(1, round(scale))
-    if box is not None:
-        x1, y1, x2, y2 = np.round(box).astype(int)
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), (40, 120, 255), max(1, radius // 2))
-    if gt is not None:
-        for p, g in zip(pred, gt):
-            cv2.line(canvas, tuple(np.round(p).astype(int)), tuple(np.round(g).astype(int)), (255, 220, 0), 1)
-        for g in gt:
-            cv2.circle(canvas, tuple(np.round(g).astype(int)), radius + 1, (0, 200, 0), -1)
-    for p in pred:
-        cv2.circle(canvas, tuple(np.round(p).astype(int)), radius, (230, 0, 0), -1)
-    if text:
-        scale = max(image.shape[:2]) / 500
-        cv2.putText(canvas, text, (4, 4 + round(22 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
-                    max(1, round(2 * scale)), cv2.LINE_AA)
-    return canvas
-
-
-def write_visualisations(dataset: LandmarkDataset, pred: np.ndarray, per_image_nme: np.ndarray, count: int,
-                         out_dir: Path) -> None:
-    """Overlays of the `count` worst images (worst_01_NAME.png, ...) and of `count` others at random
-    (random_NAME.png, fixed seed). Images without a prediction or an NME (NaN) are skipped."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scored = np.flatnonzero(np.isfinite(per_image_nme))
-    worst = scored[np.argsort(-per_image_nme[scored], kind="stable")[:count]]
-    rest = np.setdiff1d(scored, worst)
-    chosen = np.random.default_rng(0).choice(rest, size=min(count, len(rest)), replace=False)
-    names = [f"worst_{rank:02d}_" for rank in range(1, len(worst) + 1)] + ["random_"] * len(chosen)
-    for prefix, i in zip(names, np.concatenate([worst, chosen])):
-        record = dataset.records[i]
-        image = read_image(dataset.data_root / record["file"])
-        overlay = draw_landmarks(image, pred[i], record["keypoints"], record["box"], f"NME {per_image_nme[i]:.1f}")
-        overlay = cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(out_dir / f"{prefix}{Path(record['file']).stem}.png"), overlay)
-    print(f"wrote {len(worst)} worst and {len(chosen)} random overlays to {out_dir}")
-
-
-def ced_curve(per_image_nme: np.ndarray, max_error: float = FAILURE_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
-    """The cumulative error distribution up to max_error as step vertices (x: NME_IOD in percent,
-    y: fraction of images with at most that error), to be drawn with where="post"."""
-    errors = np.sort(per_image_nme)
-    fraction = np.arange(1, len(errors) + 1) / len(errors)
-    keep = errors <= max_error
-    last = fraction[keep][-1] if keep.any() else 0.0
-    return np.concatenate([[0.0], errors[keep], [max_error]]), np.concatenate([[0.0], fraction[keep], [last]])
-
-
-def plot_ced(metrics: dict, out_png: Path, label: str = "model") -> Figure:
-    """Write a CED plot of compute_metrics' per-image NME_IOD, with AUC@10 in the legend; returns
-    the figure."""
-    per_image = np.array([e for e in metrics["per_image_nme"] if e is not None])
-    x, y = ced_curve(per_image)
-    fig = Figure(figsize=(5, 4), dpi=100, layout="tight")
-    ax = fig.subplots()
-    auc = metrics[f"auc_{FAILURE_THRESHOLD:g}"]
-    ax.step(x, y, where="post", label=f"{label} (AUC@{FAILURE_THRESHOLD:g} {auc:.2f})")
-    ax.set(xlim=(0, FAILURE_THRESHOLD), ylim=(0, 1), xlabel="NME_IOD (%)", ylabel="fraction of images",
-           title=f"Cumulative error distribution ({len(per_image)} images)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    return fig
-
-
-def plot_training_curves(metrics_jsonl: Path, out_png: Path) -> None:
-    """Training losses, learning rate and validation NME_IOD per epoch from train_simple's
-    metrics.jsonl (the last line of an epoch wins, as after a resume)."""
-    records = {}
-    for line in Path(metrics_jsonl).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            records[record["epoch"]] = record
-    epochs = sorted(records)
-    fig = Figure(figsize=(12, 3.5), dpi=100, layout="tight")
-    loss_ax, lr_ax, nme_ax = fig.subplots(1, 3)
-    for key in ("train_loss", "train_heatmap", "train_coord"):
-        if key in records[epochs[0]]:
-            loss_ax.plot(epochs, [records[e][key] for e in epochs], marker=".", label=key.removeprefix("train_"))
-    loss_ax.set(xlabel="epoch", ylabel="training loss", yscale="log")
-    loss_ax.legend()
-    lr_ax.plot(epochs, [records[e]["lr"] for e in epochs], marker=".")
-    lr_ax.set(xlabel="epoch", ylabel="learning rate (end of epoch)")
-    nme = [records[e]["val_nme_iod"] for e in epochs]
-    best = int(np.argmin(nme))
-    nme_ax.plot(epochs, nme, marker=".")
-    nme_ax.plot(epochs[best], nme[best], "r*", markersize=12, label=f"best {nme[best]:.3f} (epoch {epochs[best]})")
-    nme_ax.set(xlabel="epoch", ylabel="validation NME_IOD (%)")
-    nme_ax.legend()
-    for ax in (loss_ax, lr_ax, nme_ax):
-        ax.grid(alpha=0.3)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
 
 
 def gather_predictions(pred: np.ndarray, confidence: np.ndarray,
@@ -289,7 +161,7 @@ def format_summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
     parser.add_argument("--ann", required=True, help="COCO keypoints file to score against")
@@ -303,22 +175,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vis", type=int, default=0, metavar="N",
                         help="write ced.png and overlays of the N worst and N random images")
     parser.add_argument("--vis-dir", help="folder for --vis (default: vis/ beside --out or the checkpoint)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def write_pictures(args: argparse.Namespace, metrics: dict, dataset: LandmarkDataset, pred: np.ndarray) -> None:
+    """--vis: the CED plot and overlays of the worst and of random images."""
+    vis_dir = Path(args.vis_dir) if args.vis_dir else Path(args.out or args.checkpoint).parent / "vis"
+    label = Path(args.checkpoint).parent.name + (", flip test" if args.flip_test else "")
+    plot_ced(metrics, FAILURE_THRESHOLD, vis_dir / "ced.png", label)
+    per_image = np.full(len(dataset), np.nan)
+    per_image[np.isfinite(pred).all(axis=(1, 2))] = np.array(metrics["per_image_nme"], dtype=float)
+    write_visualisations(dataset, pred, per_image, args.vis, vis_dir)
+    print(f"wrote {vis_dir / 'ced.png'}")
+
+
+@reports_errors
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     device = pick_device(args.device)
-    try:
-        model, checkpoint = load_checkpoint(args.checkpoint, map_location="cpu")
-        dataset = LandmarkDataset(args.ann, args.data_root, model.config["input_size"],
-                                  padding=checkpoint["args"]["box_padding"])
-        if dataset.meta["num_keypoints"] != model.config["num_keypoints"]:
-            raise DataError(f"{args.ann}: has {dataset.meta['num_keypoints']} landmarks per face, the "
-                            f"checkpoint {args.checkpoint} predicts {model.config['num_keypoints']}")
-        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                            pin_memory=device.type == "cuda", collate_fn=collate_readable)
-        metrics, pred = evaluate(model.to(device), loader, device, args.flip_test)
-    except (CheckpointError, DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    model, checkpoint, crop = load_landmark_model(args.checkpoint, map_location="cpu")
+    dataset = LandmarkDataset(args.ann, args.data_root, crop.input_size, padding=crop.box_padding)
+    if dataset.meta["num_keypoints"] != model.config["num_keypoints"]:
+        raise DataError(f"{args.ann}: has {dataset.meta['num_keypoints']} landmarks per face, the "
+                        f"checkpoint {args.checkpoint} predicts {model.config['num_keypoints']}")
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+                        pin_memory=device.type == "cuda", collate_fn=collate_readable)
+    metrics, pred = evaluate(model.to(device), loader, device, args.flip_test)
     metrics.update(checkpoint=str(args.checkpoint), ann=str(args.ann), flip_test=args.flip_test,
                    epoch=checkpoint.get("epoch"))
     for path in metrics["unreadable_images"]:
@@ -329,17 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps(metrics, indent=1))
         print(f"wrote {args.out}")
     if args.vis:
-        vis_dir = Path(args.vis_dir) if args.vis_dir else Path(args.out or args.checkpoint).parent / "vis"
-        label = Path(args.checkpoint).parent.name + (", flip test" if args.flip_test else "")
-        plot_ced(metrics, vis_dir / "ced.png", label)
-        per_image = np.full(len(dataset), np.nan)
-        per_image[np.isfinite(pred).all(axis=(1, 2))] = np.array(metrics["per_image_nme"], dtype=float)
-        write_visualisations(dataset, pred, per_image, args.vis, vis_dir)
-        print(f"wrote {vis_dir / 'ced.png'}")
+        write_pictures(args, metrics, dataset, pred)
     if metrics["unreadable_images"]:
-        print(f"error: {len(metrics['unreadable_images'])} of {len(dataset)} images could not be read "
-              "(listed above); the metrics cover the rest", file=sys.stderr)
-        return 1
+        raise DataError(f"{len(metrics['unreadable_images'])} of {len(dataset)} images could not be read "
+                        "(listed above); the metrics cover the rest")
     return 0
 
 

@@ -14,6 +14,7 @@ Functions accept NumPy arrays and, where noted, torch tensors.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -42,6 +43,18 @@ def crop_affine(center: np.ndarray, size: float, output_size: int, rotation_deg:
          [-b, a, half + b * cx - a * cy]],
         dtype=np.float64,
     )
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """How a face crop is cut: the face box, enlarged by `box_padding` to a square, fills an
+    input_size x input_size crop. Checkpoints carry it; every reader cuts crops with it."""
+    input_size: int
+    box_padding: float = 1.25
+
+    def affine(self, box_xyxy: np.ndarray) -> np.ndarray:
+        """The 2x3 matrix from original-image pixels into the crop of this face box."""
+        return crop_affine(*box_to_center_size(box_xyxy, self.box_padding), self.input_size)
 
 
 def invert_affine(matrix: np.ndarray) -> np.ndarray:

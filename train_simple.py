@@ -7,7 +7,12 @@
     torchrun --nproc_per_node=4 train_simple.py ...     # DistributedDataParallel, --batch-size per process
 
 The run folder gets last.pth and best.pth (lowest validation NME_IOD), each holding the model
-config, keypoint metadata and weights that evaluate.py needs, and metrics.jsonl, a line per epoch.
+config, crop geometry, keypoint metadata and weights that evaluate.py needs (checkpoints.py),
+and metrics.jsonl, a line per epoch.
+
+Reading order: `train` is the run as its steps (data, model and optimiser, then per epoch
+`train_epoch` and `finish_epoch`); `train_step` is one optimisation step, which
+tools/benchmark.py times as it is.
 """
 from __future__ import annotations
 
@@ -16,30 +21,30 @@ import copy
 import json
 import math
 import os
-import random
-import shutil
-import signal
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import Augmentation, DataError, LandmarkDataset, collate_readable, heatmap_targets
-from evaluate import evaluate, pick_device, plot_training_curves
-from geometry import input_to_heatmap
-from model import HEATMAP_STRIDE, CheckpointError, LandmarkModel, WeightsUnavailable
+from checkpoints import CHECKPOINT_FORMAT, LANDMARKS, TRAINING_STATE_KEYS, read_checkpoint, save_checkpoint
+from dataset import Augmentation, EpochSampler, LandmarkDataset, collate_readable
+from errors import CheckpointError, DataError, Interrupted, TrainingStopped, UserFacingError, reports_errors
+from evaluate import evaluate
+from geometry import CropGeometry
+from model import LandmarkModel
+from run_utils import (MetricsLog, StopRequest, broadcast_buffers, check_writable, ignore_ctrl_c, seed_everything,
+                       setup_distributed, sum_across_ranks)
+from visualize import plot_training_curves
 
 DEFAULT_ANN_ROOT = "data/dogflw/annotations"
 MIRROR_OFFSET_LR_MULT = 10.0
-RESUME_KEYS = ("model", "train_model", "model_config", "keypoint_meta", "optimizer", "scheduler", "scaler",
-               "epoch", "best_nme", "args")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,8 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "(default: crop_cache beside the annotations)")
     data.add_argument("--no-crop-cache", action="store_true", help="decode every image at every epoch instead")
     aug = parser.add_argument_group("augmentation (0 switches a piece off)")
-    for field, default in vars(Augmentation()).items():
-        aug.add_argument(f"--aug-{field.replace('_', '-')}", dest=f"aug_{field}", type=float, default=default)
+    for name, default in vars(Augmentation()).items():
+        aug.add_argument(f"--aug-{name.replace('_', '-')}", dest=f"aug_{name}", type=float, default=default)
     net = parser.add_argument_group("model")
     net.add_argument("--backbone", default="hrnet_w32", help="hrnet_w32, tf_efficientnetv2_s or any timm "
                      "model with features_only")
@@ -101,13 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def prepare_annotations(ann_root: Path, data_root: str | None) -> tuple[Path, Path]:
     """Train and validation annotation files; converts DogFLW first if there are none."""
     if not (ann_root / "train.json").exists():
-        from tools.convert_dogflw_to_coco import DOGFLW_META, LabelError, convert, download_dogflw
+        from tools.convert_dogflw_to_coco import DOGFLW_META, convert, download_dogflw
         print(f"{ann_root / 'train.json'} not found: converting DogFLW "
               f"{'from ' + data_root if data_root else '(downloading it first)'}")
-        try:
-            convert(Path(data_root) if data_root else download_dogflw(), ann_root, DOGFLW_META)
-        except LabelError as err:
-            raise DataError(str(err)) from None
+        convert(Path(data_root) if data_root else download_dogflw(), ann_root, DOGFLW_META)
     for name in ("test.json", "val.json"):
         if (ann_root / name).exists():
             return ann_root / "train.json", ann_root / name
@@ -117,41 +119,6 @@ def prepare_annotations(ann_root: Path, data_root: str | None) -> tuple[Path, Pa
 def default_cache_dir(train_ann: str | Path) -> Path:
     """Where the crop cache goes unless --crop-cache says: beside the annotations."""
     return Path(train_ann).parent / "crop_cache"
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped on purpose (non-finite loss, unreadable data, a checkpoint it cannot write)."""
-
-
-class Interrupted(TrainingStopped):
-    """SIGINT or SIGTERM arrived; last.pth was saved first."""
-
-
-class EpochSampler(Sampler):
-    """A seeded shuffle per epoch, shared out across DDP ranks, yielding (index, epoch).
-
-    The epoch travels with each index so that a sample's augmentation is fixed by
-    (seed, epoch, index), even in persistent workers. `start_batch` skips the batches a
-    resumed run has already trained on.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.batches_per_epoch = size // (batch_size * world_size)
-        self.epoch, self.start_batch = 1, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator)
-        mine = order[: self.batches_per_epoch * self.batch_size * self.world_size][self.rank::self.world_size]
-        return iter([(int(i), self.epoch) for i in mine[self.start_batch * self.batch_size:]])
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
 def load_keypoint_weights(path: str | None, meta: dict) -> torch.Tensor:
@@ -175,52 +142,11 @@ def load_keypoint_weights(path: str | None, meta: dict) -> torch.Tensor:
     return tensor * k / tensor.sum()
 
 
-def landmark_loss(model: LandmarkModel, logits: torch.Tensor, keypoints: torch.Tensor, mirrored: torch.Tensor,
-                  sigma: float, heatmap_weight: float, coord_weight: float,
-                  keypoint_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Heatmap MSE against Gaussian targets plus L1 on the soft-argmax coordinates: the loss and
-    its two terms (detached 0-d tensors, so that the caller reads every figure in one host sync).
-
-    Both are measured in heatmap pixels and weighted per landmark (`keypoint_weights`, mean 1).
-    The heatmap term is the squared error summed over a map divided by the target's energy
-    (pi sigma^2), so it starts near 1 for any map size. Landmarks that augmentation pushed out
-    of the crop get no coordinate loss: the soft-argmax cannot reach them, while their heatmap
-    target (empty or cut) is still learned. For `mirrored` crops both terms place the landmark
-    at its label minus the model's learned mirror offset, which both terms train.
-    """
-    logits = logits.float()
-    height, width = logits.shape[-2:]
-    weights = torch.ones(logits.shape[1], device=logits.device) if keypoint_weights is None else keypoint_weights
-    seen_points = keypoints - model.mirror_shift(mirrored)  # where the network should see each landmark
-    heatmap_loss = coord_loss = logits.new_zeros(())
-    if heatmap_weight > 0:
-        targets = heatmap_targets(input_to_heatmap(seen_points, HEATMAP_STRIDE), height, width, sigma)
-        per_map = ((logits - targets) ** 2).sum(dim=(-2, -1)) / (math.pi * sigma**2)  # (B, K)
-        heatmap_loss = (per_map * weights).mean()
-    if coord_weight > 0:
-        pred_points = model.decode(logits, mirrored)[0]
-        inside = ((keypoints >= -0.5) & (keypoints <= model.config["input_size"] - 0.5)).all(dim=-1)
-        error = F.l1_loss(pred_points, keypoints, reduction="none").sum(dim=-1) / HEATMAP_STRIDE
-        coord_loss = (error * weights * inside).sum() / (weights * inside).sum().clamp_min(1e-6)
-    loss = heatmap_weight * heatmap_loss + coord_weight * coord_loss
-    return loss, {"heatmap": heatmap_loss.detach(), "coord": coord_loss.detach()}
-
-
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 on CUDA, fp16 (with a gradient scaler) on GPUs without bf16, full precision elsewhere."""
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def batch_loss(forward, model: LandmarkModel, images: torch.Tensor, keypoints: torch.Tensor,
-               mirrored: torch.Tensor, args: argparse.Namespace, amp_dtype: torch.dtype | None,
-               keypoint_weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The training loss of one batch: `forward` (the model, or its DDP wrapper) under autocast."""
-    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        logits = forward(images)
-    return landmark_loss(model, logits, keypoints, mirrored, args.sigma, args.heatmap_loss_weight,
-                         args.coord_loss_weight, keypoint_weights)
 
 
 def place_model(model: LandmarkModel, device: torch.device) -> torch.memory_format:
@@ -242,9 +168,10 @@ def build_optimizer(model: LandmarkModel, args: argparse.Namespace) -> torch.opt
     backbone_lr = args.lr * (args.backbone_lr_mult if pretrained else 1.0)
     groups = {}
     for name, param in model.named_parameters():
+        offset = param is model.codec.mirror_offset
         lr = backbone_lr if name.startswith("backbone.") else args.lr
-        lr *= MIRROR_OFFSET_LR_MULT if name == "mirror_offset" else 1.0
-        decay = args.weight_decay if param.ndim > 1 and name != "mirror_offset" else 0.0
+        lr *= MIRROR_OFFSET_LR_MULT if offset else 1.0
+        decay = args.weight_decay if param.ndim > 1 and not offset else 0.0
         groups.setdefault((lr, decay), []).append(param)
     # on CUDA the fused kernel updates every tensor at once instead of a few kernels per tensor
     return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
@@ -297,32 +224,6 @@ def copy_tensors(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> No
             target.copy_(source)
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    """torch.save to a temporary file, then an atomic rename: never a half-written checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
-        tmp.unlink(missing_ok=True)
-        raise TrainingStopped(f"{path}: cannot write the checkpoint ({err}); the previous one is intact") from None
-
-
-def check_writable(work_dir: Path, needed_bytes: int) -> None:
-    """Fail at start-up, not after an epoch, if the run folder cannot take the checkpoints."""
-    try:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        probe = work_dir / ".write_test"
-        probe.write_bytes(b"\0" * 1024)
-        probe.unlink()
-        free = shutil.disk_usage(work_dir).free
-    except OSError as err:
-        raise DataError(f"{work_dir}: cannot write to the run folder ({err.strerror or err})") from None
-    if free < needed_bytes:
-        raise DataError(f"{work_dir}: {free / 2**20:.0f} MB free, the checkpoints need about "
-                        f"{needed_bytes / 2**20:.0f} MB; free some space or choose another --work-dir")
-
-
 def checkpoint_bytes(model: LandmarkModel) -> int:
     """Disk needed by last.pth, best.pth and a temporary copy: each holds the weights four times
     (inference EMA, training weights, two AdamW moments)."""
@@ -330,156 +231,56 @@ def checkpoint_bytes(model: LandmarkModel) -> int:
     return 3 * 4 * sum(t.numel() * t.element_size() for t in tensors)
 
 
-def trim_metrics_log(path: Path, last_epoch: int) -> None:
-    """Drop lines of epochs after `last_epoch` (written before a crash, redone after resuming)."""
-    if path.exists():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= last_epoch]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+def read_resume_checkpoint(args: argparse.Namespace) -> dict:
+    """The training checkpoint `--resume` names; the model and its crops are defined by it, not
+    by this command line."""
+    checkpoint = read_checkpoint(args.resume, LANDMARKS)
+    missing = [k for k in TRAINING_STATE_KEYS if k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{args.resume}: not a training checkpoint of train_simple.py "
+                              f"(no {', '.join(missing)})")
+    config, crop = checkpoint["model_config"], checkpoint["crop"]
+    args.backbone, args.neck_channels, args.sigma = config["backbone"], config["neck_channels"], config["sigma"]
+    args.input_size, args.box_padding = crop["input_size"], crop["box_padding"]
+    return checkpoint
 
 
-def ignore_ctrl_c(worker_id: int) -> None:
-    """Ctrl-C reaches every process of the terminal's group: DataLoader workers leave it to the
-    main process, which stops cleanly. (SIGTERM keeps its default: it is how workers are ended.)"""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+@dataclass
+class Data:
+    """Both annotation sets as datasets and loaders, and the sampler that orders the epochs."""
+    train_set: LandmarkDataset
+    val_set: LandmarkDataset
+    sampler: EpochSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
 
 
-class StopRequest:
-    """Turns SIGINT (Ctrl-C) and SIGTERM (spot or job preemption) into a flag checked between steps,
-    so the run can save a checkpoint at a clean point instead of dying mid-update."""
-
-    def __init__(self):
-        self.signal_name = None
-        self.previous = {}
-
-    def __enter__(self) -> "StopRequest":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self.request)
-        return self
-
-    def request(self, signum: int, frame) -> None:
-        if self.signal_name:
-            raise KeyboardInterrupt  # a second Ctrl-C quits at once
-        self.signal_name = signal.Signals(signum).name
-        print(f"\n{self.signal_name}: saving last.pth after this step (again to quit at once)", file=sys.stderr)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+def use_crop_caches(datasets: list[LandmarkDataset], cache_dir: str | Path, rank: int, world_size: int,
+                    num_workers: int) -> None:
+    """Read the datasets from their crop caches; rank 0 builds missing ones while the others wait."""
+    for dataset in datasets:
+        if rank == 0:
+            dataset.use_cache(cache_dir, num_workers=num_workers)
+        if world_size > 1:
+            dist.barrier()  # rank 0 has built the cache
+        if rank != 0:
+            dataset.use_cache(cache_dir, build=False)
 
 
-def training_state(model: LandmarkModel, ema: LandmarkModel | None, optimizer, scheduler, scaler, meta: dict,
-                   args: argparse.Namespace, epoch: int, next_batch: int, best_nme: float,
-                   metrics: dict | None) -> dict:
-    """Everything a checkpoint holds: the inference model and its config, and the full training state.
-
-    `epoch` is the last finished epoch; `next_batch` > 0 means epoch + 1 stopped after that many batches.
-    """
-    return {
-        "model": (ema or model).state_dict(), "train_model": model.state_dict(),
-        "model_config": model.config, "keypoint_meta": meta, "epoch": epoch, "next_batch": next_batch,
-        "best_nme": best_nme, "metrics": metrics, "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "args": vars(args),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device): from torchrun's environment (NCCL on GPUs, gloo on CPU), else (0, 1, device)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return 0, 1, pick_device(device_name)
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if torch.cuda.is_available() and device_name in ("auto", "cuda"):
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    dist.init_process_group(backend)
-    return dist.get_rank(), world_size, device
-
-
-def sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise sum over all DDP ranks (the values themselves in a single process)."""
-    if not dist.is_initialized():
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def broadcast_buffers(module: torch.nn.Module) -> None:
-    """Give every DDP rank rank 0's BatchNorm statistics (each rank's last batches moved its own)."""
-    if dist.is_initialized():
-        for buffer in module.buffers():
-            dist.broadcast(buffer, src=0)
-
-
-def train(args: argparse.Namespace) -> float:
-    """The whole run; returns the best validation NME_IOD. Under torchrun every rank trains on its
-    share of each epoch; rank 0 alone prints, writes metrics.jsonl and saves checkpoints."""
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    rank, world_size, device = setup_distributed(args.device)
-    is_main = rank == 0
-    log = print if is_main else (lambda *a, **k: None)
-    work_dir = Path(args.work_dir)
-    checkpoint = None
-    if args.resume:
-        try:
-            checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise CheckpointError(f"{args.resume}: cannot resume from it ({type(err).__name__}: {err})") from None
-        missing = [k for k in RESUME_KEYS if k not in checkpoint] if isinstance(checkpoint, dict) else RESUME_KEYS
-        if missing:
-            raise CheckpointError(f"{args.resume}: not a training checkpoint of train_simple.py "
-                                  f"(no {', '.join(missing)})")
-        model_config, saved_args = checkpoint["model_config"], checkpoint["args"]
-        # the model and its crops are defined by the checkpoint, not by this command line
-        args.backbone, args.input_size = model_config["backbone"], model_config["input_size"]
-        args.neck_channels, args.box_padding = model_config["neck_channels"], saved_args["box_padding"]
+def build_data(args: argparse.Namespace, rank: int, world_size: int, device: torch.device) -> Data:
+    """The annotations (converted first if missing), datasets, crop caches and loaders; each rank
+    trains on its share of every epoch and validates on its share of the validation set."""
     train_ann, val_ann = prepare_annotations(Path(args.ann_root), args.data_root)
-
     augmentation = Augmentation(**{f: getattr(args, f"aug_{f}") for f in vars(Augmentation())})
     train_set = LandmarkDataset(train_ann, args.data_root, args.input_size, args.box_padding, augmentation,
                                 seed=args.seed)
     val_set = LandmarkDataset(val_ann, args.data_root, args.input_size, args.box_padding)
+    if val_set.meta["num_keypoints"] != train_set.meta["num_keypoints"]:
+        raise DataError(f"{val_ann}: {val_set.meta['num_keypoints']} landmarks, "
+                        f"{train_ann}: {train_set.meta['num_keypoints']}")
     if not args.no_crop_cache:
-        cache_dir = args.crop_cache or default_cache_dir(train_ann)
-        for dataset in (train_set, val_set):
-            if is_main:
-                dataset.use_cache(cache_dir, num_workers=args.num_workers)
-            if world_size > 1:
-                dist.barrier()  # rank 0 has built the cache
-            if not is_main:
-                dataset.use_cache(cache_dir, build=False)
-    meta = train_set.meta
-    if val_set.meta["num_keypoints"] != meta["num_keypoints"]:
-        raise DataError(f"{val_ann}: {val_set.meta['num_keypoints']} landmarks, {train_ann}: {meta['num_keypoints']}")
-    keypoint_weights = load_keypoint_weights(args.keypoint_weights, meta).to(device)
-
-    if checkpoint is not None:
-        if model_config["num_keypoints"] != meta["num_keypoints"]:
-            raise CheckpointError(f"{args.resume}: predicts {model_config['num_keypoints']} landmarks, "
-                                  f"{train_ann} has {meta['num_keypoints']}")
-        model = LandmarkModel(**model_config)
-    else:
-        model = LandmarkModel(args.backbone, meta["num_keypoints"], args.input_size, args.neck_channels,
-                              pretrained=not args.no_pretrained, pretrained_path=args.pretrained_path)
-    if is_main:
-        check_writable(work_dir, checkpoint_bytes(model))
-    model.log_beta.requires_grad_(args.coord_loss_weight > 0)  # only the coordinate loss trains beta
-    memory_format = place_model(model, device)
-    ema = copy.deepcopy(model).requires_grad_(False) if args.ema_decay > 0 else None
-    average = WeightAverage(ema, model) if ema is not None else None
-    eval_model = ema if ema is not None else model
-    forward = model if world_size == 1 else DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:
-        forward = torch.compile(forward)
-
+        use_crop_caches([train_set, val_set], args.crop_cache or default_cache_dir(train_ann), rank, world_size,
+                        args.num_workers)
     sampler = EpochSampler(len(train_set), args.batch_size, args.seed, rank, world_size)
     if sampler.batches_per_epoch == 0:
         raise DataError(f"{train_ann}: {len(train_set)} images, fewer than one batch of {args.batch_size} "
@@ -489,156 +290,310 @@ def train(args: argparse.Namespace) -> float:
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **workers)
     val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, sampler=range(rank, len(val_set), world_size),
                             **workers)
+    return Data(train_set, val_set, sampler, train_loader, val_loader)
 
+
+@dataclass
+class Run:
+    """The model and everything that updates it, and where the run stands."""
+    args: argparse.Namespace
+    device: torch.device
+    rank: int
+    world_size: int
+    meta: dict
+    keypoint_weights: torch.Tensor
+    model: LandmarkModel
+    forward: Callable  # the model, wrapped by DDP and torch.compile where they are on
+    ema: LandmarkModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    best_nme: float = math.inf
+    metrics: dict | None = None  # the last validation's
+    bad_steps: int = 0  # non-finite steps in a row
+    average: WeightAverage | None = field(init=False)
+    buffers: list[torch.Tensor] = field(init=False)
+    buffers_before_step: list[torch.Tensor] = field(init=False)
+
+    def __post_init__(self):
+        self.average = WeightAverage(self.ema, self.model) if self.ema is not None else None
+        # a skipped step must not leave its forward pass in the BatchNorm statistics either
+        self.buffers = list(self.model.buffers())
+        self.buffers_before_step = [b.clone() for b in self.buffers]
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def eval_model(self) -> LandmarkModel:
+        return self.ema if self.ema is not None else self.model
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(self.args.work_dir)
+
+    def log(self, message: str) -> None:
+        if self.is_main:
+            print(message)
+
+    def state(self, epoch: int, next_batch: int = 0) -> dict:
+        """The checkpoint (checkpoints.py): the inference model, its crops and metadata, and the
+        training state. `epoch` is the last finished epoch; `next_batch` > 0 means epoch + 1
+        stopped after that many batches."""
+        model = self.model
+        return {
+            "format": CHECKPOINT_FORMAT, "kind": LANDMARKS, "model_config": model.config,
+            "model": self.eval_model.state_dict(), "train_model": model.state_dict(),
+            "crop": asdict(CropGeometry(self.args.input_size, self.args.box_padding)), "keypoint_meta": self.meta,
+            "epoch": epoch, "next_batch": next_batch, "best_nme": self.best_nme, "metrics": self.metrics,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "args": vars(self.args), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+
+def create_model(args: argparse.Namespace, num_keypoints: int, checkpoint: dict | None) -> LandmarkModel:
+    """The network to train: rebuilt from a resumed checkpoint's config (its weights are restored
+    later), else new, with the backbone weights --no-pretrained and --pretrained-path ask for."""
+    if checkpoint is None:
+        return LandmarkModel(args.backbone, num_keypoints, args.neck_channels, sigma=args.sigma,
+                             pretrained=not args.no_pretrained, pretrained_path=args.pretrained_path)
+    if checkpoint["model_config"]["num_keypoints"] != num_keypoints:
+        raise CheckpointError(f"{args.resume}: predicts {checkpoint['model_config']['num_keypoints']} "
+                              f"landmarks, {args.ann_root} has {num_keypoints}")
+    return LandmarkModel(**checkpoint["model_config"])
+
+
+def build_run(args: argparse.Namespace, model: LandmarkModel, meta: dict, keypoint_weights: torch.Tensor,
+              steps_per_epoch: int, device: torch.device, rank: int = 0, world_size: int = 1) -> Run:
+    """The model on `device` with its EMA, the AdamW optimiser, the warm-up + cosine schedule and
+    the gradient scaler."""
+    model.codec.log_beta.requires_grad_(args.coord_loss_weight > 0)  # only the coordinate loss trains beta
+    memory_format = place_model(model, device)
+    ema = copy.deepcopy(model).requires_grad_(False) if args.ema_decay > 0 else None
+    forward = model if world_size == 1 else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        forward = torch.compile(forward)
     optimizer = build_optimizer(model, args)
-    steps_per_epoch = sampler.batches_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch))
     amp_dtype = autocast_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-    start_epoch, start_batch, best_nme, metrics = 1, 0, float("inf"), None
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["train_model"])
-        if ema is not None:
-            ema.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        if checkpoint.get("torch_rng") is not None:
-            torch.set_rng_state(checkpoint["torch_rng"])
-        if checkpoint.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
-        start_epoch, start_batch = checkpoint["epoch"] + 1, checkpoint.get("next_batch", 0)
-        best_nme, metrics = checkpoint["best_nme"], checkpoint["metrics"]
-        if is_main:
-            trim_metrics_log(work_dir / "metrics.jsonl", checkpoint["epoch"])
-        log(f"resumed from {args.resume} at epoch {checkpoint['epoch']}"
-              + (f" + {start_batch} batches" if start_batch else "") + f" (best NME_IOD {best_nme:.3f})")
-
-    def state(epoch: int, next_batch: int = 0) -> dict:
-        return training_state(model, ema, optimizer, scheduler, scaler, meta, args, epoch, next_batch,
-                              best_nme, metrics)
-
-    log(f"{len(train_set)} train / {len(val_set)} val images, {meta['num_keypoints']} landmarks; "
-        f"{model.config['backbone']} at {model.config['input_size']} on {device}"
-        + (f" x {world_size} processes" if world_size > 1 else "") + f"; run folder {work_dir}")
-    # a skipped step must not leave its forward pass in the BatchNorm statistics either
-    buffers = list(model.buffers())
-    buffers_before_step = [b.clone() for b in buffers]
-    bad_steps = 0
-    with StopRequest() as stop:
-        for epoch in range(start_epoch, args.epochs + 1):
-            model.train()
-            sampler.set_epoch(epoch, start_batch)
-            start = time.time()
-            sums = {"loss": 0.0, "heatmap": 0.0, "coord": 0.0}
-            steps_done, unreadable = 0, []
-            bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.epochs}", mininterval=1.0, dynamic_ncols=True,
-                       disable=not is_main)
-            for i, batch in enumerate(bar, start=start_batch):
-                unreadable += batch["unreadable"]
-                if len(unreadable) > args.max_unreadable * sampler.batches_per_epoch * args.batch_size:
-                    raise TrainingStopped(f"{len(unreadable)} training images could not be read this epoch "
-                                          f"(limit {args.max_unreadable:.0%}), e.g. {unreadable[0]}")
-                if "image" not in batch and world_size > 1:
-                    raise TrainingStopped(f"no image of a batch could be read, e.g. {unreadable[-1]}")
-                if "image" in batch:
-                    images = batch["image"].to(device, non_blocking=True).float().contiguous(memory_format=memory_format)
-                    keypoints = batch["keypoints"].to(device, non_blocking=True)
-                    mirrored = batch["mirrored"].to(device, non_blocking=True)
-                    copy_tensors(buffers_before_step, buffers)
-                    loss, parts = batch_loss(forward, model, images, keypoints, mirrored, args, amp_dtype,
-                                             keypoint_weights)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    # the step's one host sync: every figure the decisions below need
-                    loss_value, grad_norm, parts["heatmap"], parts["coord"] = torch.stack(
-                        [loss.detach(), gradient_norm(model), parts["heatmap"], parts["coord"]]).tolist()
-                    # every rank must take the same decisions: average the loss, count the stop requests
-                    loss_value, parts["heatmap"], parts["coord"], stops = sum_across_ranks(
-                        [loss_value, parts["heatmap"], parts["coord"], float(stop.signal_name is not None)], device)
-                    loss_value, parts = loss_value / world_size, {k: v / world_size for k, v in parts.items()}
-                    stop_now = stops > 0
-                    # an fp16 scaler overflows on purpose now and then; it skips those steps itself
-                    finite = math.isfinite(loss_value) and (scaler.is_enabled() or math.isfinite(grad_norm))
-                    bad_steps = 0 if finite else bad_steps + 1
-                    if finite:
-                        scaler.step(optimizer)
-                        scaler.update()
-                        if average is not None:
-                            step = (epoch - 1) * steps_per_epoch + i + 1
-                            average.update(min(args.ema_decay, (1 + step) / (10 + step)))
-                        steps_done += 1
-                        sums["loss"] += loss_value
-                        for k, v in parts.items():
-                            sums[k] += v
-                    else:
-                        copy_tensors(buffers, buffers_before_step)
-                        if is_main:
-                            tqdm.write(f"warning: epoch {epoch} batch {i}: non-finite loss or gradient, step skipped")
-                        if bad_steps >= args.max_nonfinite_steps:
-                            if is_main:
-                                save_checkpoint(state(epoch - 1, i), work_dir / "last.pth")
-                            raise TrainingStopped(
-                                f"{bad_steps} steps in a row with a non-finite loss or gradient; stopped. "
-                                f"{work_dir / 'last.pth'} holds the last good weights (try a lower --lr)")
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
-                else:
-                    stop_now = stop.signal_name is not None
-                scheduler.step()
-                if stop_now:
-                    if is_main:
-                        save_checkpoint(state(epoch - 1, i + 1), work_dir / "last.pth")
-                    raise Interrupted(f"{stop.signal_name or 'a stop request'}: saved {work_dir / 'last.pth'} at epoch {epoch}, "
-                                          f"batch {i + 1}/{steps_per_epoch}; continue with "
-                                          f"--resume {work_dir / 'last.pth'}")
-            train_time = time.time() - start
-            start_batch = 0
-            broadcast_buffers(eval_model)  # the model rank 0 saves is the one every rank evaluates
-            metrics, _ = evaluate(eval_model, val_loader, device)
-            record = {"epoch": epoch, **{f"train_{k}": v / max(1, steps_done) for k, v in sums.items()},
-                      "lr": scheduler.get_last_lr()[0], "val_nme_iod": metrics["nme_iod"],
-                      "val_failure_rate": metrics["failure_rate_10"], "val_auc": metrics["auc_10"],
-                      # mean learned offset (input px) between a mirrored face's labels and the mirrored labels
-                      **dict(zip(("mirror_offset_x", "mirror_offset_y"),
-                                 eval_model.mirror_shift(True).mean(dim=(0, 1)).tolist())),
-                      "train_unreadable": len(unreadable), "val_unreadable": len(metrics["unreadable_images"]),
-                      "train_images_per_s": steps_done * args.batch_size * world_size / train_time,
-                      "epoch_time_s": time.time() - start}
-            improved = metrics["nme_iod"] < best_nme
-            best_nme = min(best_nme, metrics["nme_iod"])
-            if is_main:
-                with open(work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-                save_checkpoint(state(epoch), work_dir / "last.pth")
-                if improved:
-                    save_checkpoint(state(epoch), work_dir / "best.pth")
-            skipped = f", {len(unreadable)} unreadable images skipped" if unreadable else ""
-            log(f"epoch {epoch}: loss {record['train_loss']:.4f}, val NME_IOD {metrics['nme_iod']:.3f} "
-                  f"(best {best_nme:.3f}), {record['train_images_per_s']:.0f} img/s, "
-                  f"{record['epoch_time_s']:.0f} s{skipped}")
-            for path in unreadable + metrics["unreadable_images"]:
-                log(f"warning: {path}: cannot read image; skipped")
-            if sum_across_ranks([float(stop.signal_name is not None)], device)[0] > 0:
-                raise Interrupted(f"{stop.signal_name or 'a stop request'}: saved {work_dir / 'last.pth'} after epoch {epoch}; "
-                                      f"continue with --resume {work_dir / 'last.pth'}")
-    if is_main and (work_dir / "metrics.jsonl").exists():
-        plot_training_curves(work_dir / "metrics.jsonl", work_dir / "curves.png")
-    return best_nme
+    return Run(args, device, rank, world_size, meta, keypoint_weights.to(device), model, forward, ema, optimizer,
+               scheduler, scaler, amp_dtype, memory_format)
 
 
+def restore(run: Run, checkpoint: dict) -> tuple[int, int]:
+    """Put the run where `checkpoint` left it (weights, optimiser, schedule, random stream, best
+    score, metrics.jsonl); returns the epoch and the batch within it to continue from."""
+    run.model.load_state_dict(checkpoint["train_model"])
+    if run.ema is not None:
+        run.ema.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    run.scaler.load_state_dict(checkpoint["scaler"])
+    if checkpoint.get("torch_rng") is not None:
+        torch.set_rng_state(checkpoint["torch_rng"])
+    if checkpoint.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
+    run.best_nme, run.metrics = checkpoint["best_nme"], checkpoint["metrics"]
+    epoch, next_batch = checkpoint["epoch"], checkpoint.get("next_batch", 0)
+    if run.is_main:
+        MetricsLog(run.work_dir / "metrics.jsonl").trim(epoch)
+    run.log(f"resumed from {run.args.resume} at epoch {epoch}" + (f" + {next_batch} batches" if next_batch else "")
+            + f" (best NME_IOD {run.best_nme:.3f})")
+    return epoch + 1, next_batch
+
+
+@dataclass
+class StepResult:
+    """What the loop needs to know of a step: the loss and its terms (averaged over ranks), whether
+    it was finite (and so taken), and whether any rank was asked to stop."""
+    loss: float
+    parts: dict[str, float]
+    finite: bool
+    stop: bool
+
+
+def train_step(run: Run, batch: dict, stop_requested: bool = False) -> StepResult:
+    """One optimisation step on a batch of crops, as the loop runs it and tools/benchmark.py times
+    it: forward under autocast, loss, backward, one host sync for the figures the decisions need,
+    then the AdamW step and the EMA update. A step whose loss or gradient is not finite changes
+    nothing, BatchNorm statistics included. Under DDP every rank takes the same decisions."""
+    images = batch["image"].to(run.device, non_blocking=True).float().contiguous(memory_format=run.memory_format)
+    keypoints = batch["keypoints"].to(run.device, non_blocking=True)
+    mirrored = batch["mirrored"].to(run.device, non_blocking=True)
+    copy_tensors(run.buffers_before_step, run.buffers)
+    with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+        logits = run.forward(images)
+    loss, parts = run.model.codec.loss(logits, keypoints, mirrored, run.args.heatmap_loss_weight,
+                                       run.args.coord_loss_weight, run.keypoint_weights)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
+    # the step's one host sync: every figure the decisions below need
+    loss_value, grad_norm, heatmap, coord = torch.stack(
+        [loss.detach(), gradient_norm(run.model), parts["heatmap"], parts["coord"]]).tolist()
+    loss_value, heatmap, coord, stops = sum_across_ranks([loss_value, heatmap, coord, float(stop_requested)],
+                                                         run.device)
+    # an fp16 scaler overflows on purpose now and then; it skips those steps itself
+    finite = math.isfinite(loss_value) and (run.scaler.is_enabled() or math.isfinite(grad_norm))
+    if finite:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        if run.average is not None:
+            step = run.scheduler.last_epoch + 1  # batches of the run so far, this one included
+            run.average.update(min(run.args.ema_decay, (1 + step) / (10 + step)))
+    else:
+        copy_tensors(run.buffers, run.buffers_before_step)
+    n = run.world_size
+    return StepResult(loss_value / n, {"heatmap": heatmap / n, "coord": coord / n}, finite, stops > 0)
+
+
+class RunHalted(Exception):
+    """Raised inside the loop to stop the run: `train` saves last.pth at (epoch, next_batch), then
+    raises `error` to the user."""
+
+    def __init__(self, error: UserFacingError, epoch: int, next_batch: int):
+        super().__init__(str(error))
+        self.error, self.epoch, self.next_batch = error, epoch, next_batch
+
+
+def check_unreadable(run: Run, unreadable: list[str], limit: float, batch: dict) -> None:
+    """Stop when too many of the epoch's images could not be read, or a DDP rank got none of a batch."""
+    if len(unreadable) > limit:
+        raise TrainingStopped(f"{len(unreadable)} training images could not be read this epoch "
+                              f"(limit {run.args.max_unreadable:.0%}), e.g. {unreadable[0]}")
+    if "image" not in batch and run.world_size > 1:
+        raise TrainingStopped(f"no image of a batch could be read, e.g. {unreadable[-1]}")
+
+
+def count_bad_step(run: Run, epoch: int, batch_index: int) -> None:
+    """A non-finite step was skipped: warn, and halt after --max-nonfinite-steps in a row."""
+    run.bad_steps += 1
+    if run.is_main:
+        tqdm.write(f"warning: epoch {epoch} batch {batch_index}: non-finite loss or gradient, step skipped")
+    if run.bad_steps >= run.args.max_nonfinite_steps:
+        raise RunHalted(TrainingStopped(
+            f"{run.bad_steps} steps in a row with a non-finite loss or gradient; stopped. "
+            f"{run.work_dir / 'last.pth'} holds the last good weights (try a lower --lr)"), epoch - 1, batch_index)
+
+
+@dataclass
+class EpochResult:
+    """An epoch of training: its mean losses by name, speed, duration and the images it could not read."""
+    losses: dict[str, float]
+    images_per_s: float
+    seconds: float
+    unreadable: list[str]
+
+
+def train_epoch(run: Run, data: Data, epoch: int, start_batch: int, stop: StopRequest) -> EpochResult:
+    """Train one epoch, from batch `start_batch` when resuming inside it. Returns the epoch's mean
+    losses, the images it could not read and its speed; raises RunHalted to stop the run."""
+    run.model.train()
+    data.sampler.set_epoch(epoch, start_batch)
+    start, sums, steps_done, unreadable = time.time(), {"loss": 0.0, "heatmap": 0.0, "coord": 0.0}, 0, []
+    limit = run.args.max_unreadable * data.sampler.batches_per_epoch * run.args.batch_size
+    bar = tqdm(data.train_loader, desc=f"epoch {epoch}/{run.args.epochs}", mininterval=1.0, dynamic_ncols=True,
+               disable=not run.is_main)
+    for i, batch in enumerate(bar, start=start_batch):
+        unreadable += batch["unreadable"]
+        check_unreadable(run, unreadable, limit, batch)
+        stop_now = stop.signal_name is not None
+        if "image" in batch:  # else nothing in the batch could be read (counted above)
+            result = train_step(run, batch, stop_now)
+            stop_now = result.stop
+            if result.finite:
+                run.bad_steps, steps_done = 0, steps_done + 1
+                for key, value in [("loss", result.loss), *result.parts.items()]:
+                    sums[key] += value
+            else:
+                count_bad_step(run, epoch, i)
+            bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}", refresh=False)
+        run.scheduler.step()
+        if stop_now:
+            raise RunHalted(Interrupted(
+                f"{stop.signal_name or 'a stop request'}: saved {run.work_dir / 'last.pth'} at epoch {epoch}, "
+                f"batch {i + 1}/{data.sampler.batches_per_epoch}; continue with "
+                f"--resume {run.work_dir / 'last.pth'}"), epoch - 1, i + 1)
+    seconds = time.time() - start
+    return EpochResult({f"train_{k}": v / max(1, steps_done) for k, v in sums.items()},
+                       steps_done * run.args.batch_size * run.world_size / seconds, seconds, unreadable)
+
+
+def finish_epoch(run: Run, data: Data, epoch: int, trained: EpochResult) -> None:
+    """Validate, then write the epoch's line in metrics.jsonl, last.pth and (at a new best) best.pth."""
+    start = time.time()
+    broadcast_buffers(run.eval_model)  # the model rank 0 saves is the one every rank evaluates
+    run.metrics, _ = evaluate(run.eval_model, data.val_loader, run.device)
+    val_unreadable = run.metrics["unreadable_images"]
+    # mean learned offset (input px) between a mirrored face's labels and the mirrored labels
+    offset_x, offset_y = run.eval_model.codec.mirror_shift(True).mean(dim=(0, 1)).tolist()
+    record = {"epoch": epoch, **trained.losses, "lr": run.scheduler.get_last_lr()[0],
+              "val_nme_iod": run.metrics["nme_iod"], "val_failure_rate": run.metrics["failure_rate_10"],
+              "val_auc": run.metrics["auc_10"], "mirror_offset_x": offset_x, "mirror_offset_y": offset_y,
+              "train_unreadable": len(trained.unreadable), "val_unreadable": len(val_unreadable),
+              "train_images_per_s": trained.images_per_s, "epoch_time_s": trained.seconds + time.time() - start}
+    improved = run.metrics["nme_iod"] < run.best_nme
+    run.best_nme = min(run.best_nme, run.metrics["nme_iod"])
+    if run.is_main:
+        MetricsLog(run.work_dir / "metrics.jsonl").append(record)
+        save_checkpoint(run.state(epoch), run.work_dir / "last.pth")
+        if improved:
+            save_checkpoint(run.state(epoch), run.work_dir / "best.pth")
+    skipped = f", {len(trained.unreadable)} unreadable images skipped" if trained.unreadable else ""
+    run.log(f"epoch {epoch}: loss {record['train_loss']:.4f}, val NME_IOD {run.metrics['nme_iod']:.3f} "
+            f"(best {run.best_nme:.3f}), {trained.images_per_s:.0f} img/s, {record['epoch_time_s']:.0f} s{skipped}")
+    for path in trained.unreadable + val_unreadable:
+        run.log(f"warning: {path}: cannot read image; skipped")
+
+
+def train(args: argparse.Namespace) -> float:
+    """The whole run; returns the best validation NME_IOD. Under torchrun every rank trains on its
+    share of each epoch; rank 0 alone prints, writes metrics.jsonl and saves checkpoints."""
+    seed_everything(args.seed)
+    rank, world_size, device = setup_distributed(args.device)
+    checkpoint = read_resume_checkpoint(args) if args.resume else None
+    data = build_data(args, rank, world_size, device)
+    meta = data.train_set.meta
+    model = create_model(args, meta["num_keypoints"], checkpoint)
+    keypoint_weights = load_keypoint_weights(args.keypoint_weights, meta)
+    run = build_run(args, model, meta, keypoint_weights, data.sampler.batches_per_epoch, device, rank, world_size)
+    if run.is_main:
+        check_writable(run.work_dir, checkpoint_bytes(run.model))
+    start_epoch, start_batch = restore(run, checkpoint) if checkpoint is not None else (1, 0)
+    run.log(f"{len(data.train_set)} train / {len(data.val_set)} val images, {meta['num_keypoints']} landmarks; "
+            f"{args.backbone} at {args.input_size} on {device}"
+            + (f" x {world_size} processes" if world_size > 1 else "") + f"; run folder {run.work_dir}")
+    try:
+        with StopRequest() as stop:
+            for epoch in range(start_epoch, args.epochs + 1):
+                trained = train_epoch(run, data, epoch, start_batch, stop)
+                start_batch = 0
+                finish_epoch(run, data, epoch, trained)
+                if sum_across_ranks([float(stop.signal_name is not None)], device)[0] > 0:
+                    raise RunHalted(Interrupted(
+                        f"{stop.signal_name or 'a stop request'}: saved {run.work_dir / 'last.pth'} after epoch "
+                        f"{epoch}; continue with --resume {run.work_dir / 'last.pth'}"), epoch, 0)
+    except RunHalted as halt:
+        if run.is_main:
+            save_checkpoint(run.state(halt.epoch, halt.next_batch), run.work_dir / "last.pth")
+        raise halt.error from None
+    if run.is_main and (run.work_dir / "metrics.jsonl").exists():
+        plot_training_curves(run.work_dir / "metrics.jsonl", run.work_dir / "curves.png")
+    return run.best_nme
+
+
+@reports_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         best_nme = train(args)
-    except Interrupted as err:
-        print(f"interrupted by {err}", file=sys.stderr)
-        return 130
-    except (DataError, CheckpointError, WeightsUnavailable, TrainingStopped) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

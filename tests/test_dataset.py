@@ -10,7 +10,7 @@ import torch
 from conftest import SMALL_META, make_faces, palette
 from torch.utils.data import DataLoader
 
-from dataset import (Augmentation, DataError, LandmarkDataset, collate_readable, colour_matrix, heatmap_targets,
+from dataset import (Augmentation, DataError, EpochSampler, LandmarkDataset, collate_readable, colour_matrix,
                      load_coco, validate_keypoint_meta)
 from geometry import apply_affine, box_to_center_size, crop_affine, invert_affine
 from tools.convert_dogflw_to_coco import convert
@@ -97,16 +97,6 @@ def test_unreadable_image_is_set_aside_by_the_collate(toy_ann):
         path.write_bytes(original)
     assert batch["image"].shape[0] == 2 and batch["index"].tolist() == [0, 2]
     assert batch["unreadable"] == [str(path)] and alone == {"unreadable": [str(path)]}
-
-
-def test_heatmap_target_has_its_peak_at_the_sub_pixel_centre():
-    points = torch.tensor([[[5.0, 7.0], [10.3, 3.6]]])
-    maps = heatmap_targets(points, 16, 20, sigma=2.0)
-    assert maps.shape == (1, 2, 16, 20)
-    assert maps[0, 0, 7, 5] == pytest.approx(1.0) and maps[0, 0].max() == pytest.approx(1.0)
-    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(20.0), indexing="ij")
-    expected = torch.exp(-((xs - 10.3) ** 2 + (ys - 3.6) ** 2) / 8)
-    assert torch.allclose(maps[0, 1], expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -219,3 +209,15 @@ def test_crop_cache_lists_unreadable_images(toy_ann, tmp_path):
     finally:
         path.write_bytes(original)
     assert dataset[1] == {"unreadable": str(path), "index": 1} and "image" in dataset[0]
+
+
+def test_epoch_sampler_shards_and_skips_deterministically():
+    full = list(EpochSampler(20, 4, seed=3))
+    assert len(full) == 20 and {i for i, _ in full} == set(range(20)) and {e for _, e in full} == {1}
+    sampler = EpochSampler(20, 4, seed=3)
+    sampler.set_epoch(1, start_batch=2)
+    assert list(sampler) == full[8:] and len(sampler) == 12
+    sampler.set_epoch(2)
+    assert [i for i, _ in sampler] != [i for i, _ in full]
+    ranks = [list(EpochSampler(21, 2, seed=3, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 10 and not {i for i, _ in ranks[0]} & {i for i, _ in ranks[1]}

@@ -7,10 +7,10 @@ import torch.nn.functional as F
 
 import evaluate
 from conftest import BROKEN_CHECKPOINTS, DOGFLW_META, write_broken_checkpoint
-from dataset import LandmarkDataset, heatmap_targets
-from evaluate import (ced_curve, compute_metrics, draw_landmarks, plot_ced, plot_training_curves, predict_crops,
-                      write_visualisations)
-from model import HEATMAP_STRIDE, LandmarkModel
+from codec import HEATMAP_STRIDE, heatmap_targets
+from dataset import LandmarkDataset
+from evaluate import compute_metrics, predict_crops
+from model import LandmarkModel
 from tools.convert_dogflw_to_coco import convert
 
 
@@ -32,7 +32,7 @@ class BlobFinder(LandmarkModel):
 
 
 def test_flip_test_unmirrors_with_the_learned_mirror_offset():
-    model = BlobFinder("resnet18", 1, 64)
+    model = BlobFinder("resnet18", 1)
     blob = torch.tensor([[[21.3, 40.6]]])  # (B, K, 2) input pixels
     images = (heatmap_targets(blob, 64, 64, sigma=3.0) * 255).expand(1, 3, 64, 64)
     identity = np.eye(2, 3)[None]
@@ -40,7 +40,7 @@ def test_flip_test_unmirrors_with_the_learned_mirror_offset():
     unbiased, _ = predict_crops(model, images, identity, flip_index=[0])
     np.testing.assert_allclose(unbiased, plain, atol=1e-4)
     with torch.no_grad():
-        model.mirror_offset.copy_(torch.tensor([[1.0, 0.5]]))  # heatmap px: (4, 2) input px
+        model.codec.mirror_offset.copy_(torch.tensor([[1.0, 0.5]]))  # heatmap px: (4, 2) input px
     shifted, _ = predict_crops(model, images, identity, flip_index=[0])
     # the mirrored branch's +4 px in x is -4 px once unmirrored, +2 px in y stays; each counts half
     np.testing.assert_allclose(shifted - plain, [[[-2.0, 1.0]]], atol=1e-4)
@@ -101,54 +101,11 @@ def test_regions_and_box_size_groups():
     assert np.mean(list(metrics["nme_by_box_size"].values())) == pytest.approx(metrics["nme_iod"])
 
 
-def test_draw_landmarks_marks_prediction_and_truth():
-    image = np.zeros((50, 50, 3), dtype=np.uint8)
-    canvas = draw_landmarks(image, np.array([[10.0, 10.0]]), np.array([[40.0, 40.0]]))
-    assert canvas[10, 10, 0] > 200 and canvas[40, 40, 1] > 150 and image.max() == 0
-
-
 def test_per_image_nme_is_listed_in_input_order():
     pred, gt = two_images()
     gt = np.concatenate([gt[:1], [[[3, 3], [3, 3], [4, 4]]], gt[1:]])  # a zero-IOD image in the middle
     pred = np.concatenate([pred[:1], [[[9, 9], [3, 3], [4, 4]]], pred[1:]])
     assert compute_metrics(pred, gt, [0, 1])["per_image_nme"] == [pytest.approx(50 / 3), None, pytest.approx(4)]
-
-
-def test_ced_curve_is_what_auc_and_failure_rate_measure():
-    rng = np.random.default_rng(0)
-    gt = rng.uniform(0, 100, size=(40, 5, 2))
-    pred = gt + rng.normal(0, 1, size=gt.shape) * rng.uniform(0.5, 12, size=(40, 1, 1))
-    metrics = compute_metrics(pred, gt, [0, 1])
-    x, y = ced_curve(np.array(metrics["per_image_nme"]))
-    assert x[0] == 0 and x[-1] == 10 and np.all(np.diff(x) >= 0) and np.all(np.diff(y) >= 0)
-    area = np.sum(y[:-1] * np.diff(x))  # the step curve drawn with where="post"
-    assert area / 10 * 100 == pytest.approx(metrics["auc_10"], abs=0.1)
-    assert y[-1] == pytest.approx(1 - metrics["failure_rate_10"] / 100)
-
-
-def test_ced_and_training_curve_pngs_are_written(tmp_path):
-    pred, gt = two_images()
-    metrics = compute_metrics(pred, gt, [0, 1])
-    figure = plot_ced(metrics, tmp_path / "plots" / "ced.png", "toy")
-    assert figure.axes[0].get_legend().get_texts()[0].get_text() == f"toy (AUC@10 {metrics['auc_10']:.2f})"
-    lines = [{"epoch": e, "train_loss": 2.0 / e, "train_heatmap": 1.0 / e, "train_coord": 1.0 / e,
-              "lr": 1e-3 / e, "val_nme_iod": 20.0 / e} for e in (1, 2, 3)]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "plots" / "curves.png")
-    for name in ("ced.png", "curves.png"):
-        data = (tmp_path / "plots" / name).read_bytes()
-        assert data.startswith(b"\x89PNG") and len(data) > 5000
-
-
-def test_overlays_show_the_worst_images_and_skip_unread_ones(tiny_run, tmp_path):
-    dataset = LandmarkDataset(tiny_run["ann"] / "val.json", None, 64)
-    pred = np.stack([r["keypoints"] for r in dataset.records]) + 1.0
-    per_image = np.arange(len(dataset), dtype=float)  # image 7 is the worst...
-    pred[7], per_image[7] = np.nan, np.nan  # ...but was not read
-    write_visualisations(dataset, pred, per_image, 2, tmp_path / "vis")
-    names = sorted(p.name for p in (tmp_path / "vis").iterdir())
-    assert names[-2:] == ["worst_01_val_0006.png", "worst_02_val_0005.png"]
-    assert len(names) == 4 and all(n.startswith("random_val_000") and n[-5] in "01234" for n in names[:2])
 
 
 def test_evaluate_vis_writes_ced_and_overlays(tiny_run, tmp_path):

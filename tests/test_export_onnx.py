@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dataset import LandmarkDataset
-from model import load_checkpoint
+from model import load_landmark_model
 from tools import export_onnx
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
@@ -24,12 +24,12 @@ def test_export_matches_pytorch_at_another_batch_size(tiny_run, tmp_path, capsys
     assert session.get_inputs()[0].shape == ["batch", 3, 64, 64]
     meta = session.get_modelmeta().custom_metadata_map
     assert meta["input_size"] == "64" and meta["box_padding"] == "1.25"
-    model, _ = load_checkpoint(tiny_run["checkpoint"])
+    model, _, _ = load_landmark_model(tiny_run["checkpoint"])
     dataset = LandmarkDataset(tiny_run["ann"] / "val.json", None, 64)
     images = torch.stack([dataset[i]["image"] for i in range(2)]).float()  # real crops, batch of 2
     points, confidence = session.run(None, {"images": images.numpy()})
     with torch.no_grad():
-        expected_points, expected_confidence = model.decode(model(images))
+        expected_points, expected_confidence = model.predict(images)
     assert points.shape == (2, 8, 2) and confidence.shape == (2, 8)
     np.testing.assert_allclose(points, expected_points.numpy(), atol=1e-3)
     np.testing.assert_allclose(confidence, expected_confidence.numpy(), atol=1e-4)

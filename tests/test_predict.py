@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from conftest import BROKEN_CHECKPOINTS, run_cli, write_broken_checkpoint
 from dataset import LandmarkDataset, collate_readable, read_image
 from evaluate import predict_dataset
-from model import load_checkpoint
+from model import load_landmark_model
 from tools import predict
 
 
@@ -54,8 +54,8 @@ def test_folder_with_a_corrupt_file_and_a_missing_path(tiny_run, tmp_path):
 def test_boxes_json_gives_the_evaluator_landmarks_in_original_pixels(tiny_run, tmp_path, capsys, flip_test):
     """With the annotated boxes, predict.py and evaluate.py see the same crops and must agree.
     The last image is left out of boxes.json: its whole image is the box, with a warning."""
-    model, checkpoint = load_checkpoint(tiny_run["checkpoint"])
-    dataset = LandmarkDataset(tiny_run["ann"] / "val.json", None, 64, padding=checkpoint["args"]["box_padding"])
+    model, _, crop = load_landmark_model(tiny_run["checkpoint"])
+    dataset = LandmarkDataset(tiny_run["ann"] / "val.json", None, crop.input_size, padding=crop.box_padding)
     flip_index = dataset.meta["flip_index"] if flip_test else None
     expected, _, _ = predict_dataset(model, DataLoader(dataset, batch_size=4, collate_fn=collate_readable),
                                      "cpu", flip_index)

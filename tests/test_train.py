@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+import run_utils
 import train_simple
+from codec import HeatmapCodec
 from conftest import BROKEN_CHECKPOINTS, REPO, SMALL_META, make_faces, run_cli, write_broken_checkpoint
-from dataset import LandmarkDataset, heatmap_targets
+from dataset import LandmarkDataset
 from evaluate import compute_metrics
-from geometry import apply_affine, box_to_center_size, crop_affine, input_to_heatmap, invert_affine
-from model import HEATMAP_STRIDE, LandmarkModel
+from geometry import apply_affine, box_to_center_size, crop_affine, invert_affine
+from model import LandmarkModel
 from tools.convert_dogflw_to_coco import DOGFLW_META, convert
 
-NOT_MIRRORED = torch.zeros(1, dtype=torch.bool)
 SMALL_RUN = ["--backbone", "resnet18", "--input-size", "64", "--no-pretrained", "--batch-size", "8",
              "--num-workers", "0"]
 
@@ -62,55 +63,14 @@ def test_bad_data_root_gives_one_clear_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "nowhere" in result.stderr
 
 
-def test_loss_is_small_for_a_perfect_prediction_and_large_otherwise():
-    model = LandmarkModel("resnet18", 3, 64)
-    keypoints = torch.tensor([[[10.0, 20.0], [30.5, 40.25], [36.0, 12.0]]])
-    perfect = heatmap_targets(input_to_heatmap(keypoints, HEATMAP_STRIDE), 16, 16, 2.0)
-    loss, parts = train_simple.landmark_loss(model, perfect, keypoints, NOT_MIRRORED, 2.0, 1.0, 1.0)
-    assert float(parts["heatmap"]) == pytest.approx(0.0, abs=1e-6) and parts["coord"] < 0.05
-    shifted = torch.roll(perfect, shifts=2, dims=-1)  # 2 heatmap pixels to the right
-    worse, worse_parts = train_simple.landmark_loss(model, shifted, keypoints, NOT_MIRRORED, 2.0, 1.0, 1.0)
-    assert float(worse_parts["coord"]) == pytest.approx(2.0, abs=0.1) and worse > loss + 2
-
-
-@pytest.mark.parametrize("heatmap_weight, coord_weight", [(1.0, 1.0), (1.0, 0.0), (0.0, 1.0)])
-def test_the_mirror_offset_learns_how_mirrored_labels_differ(heatmap_weight, coord_weight):
-    """Mirrored crops whose labels sit 1 heatmap pixel right of what the network sees: both loss
-    terms move the offset there, and then a perfect heatmap has (near) zero loss."""
-    model = LandmarkModel("resnet18", 3, 64)
-    seen = torch.tensor([[[10.0, 20.0], [30.5, 40.25], [36.0, 12.0]]]).repeat(2, 1, 1)
-    logits = heatmap_targets(input_to_heatmap(seen, HEATMAP_STRIDE), 16, 16, 2.0)
-    labels = seen + torch.tensor([[[0.0, 0.0]], [[HEATMAP_STRIDE, 0.0]]])  # the second crop is mirrored
-    mirrored = torch.tensor([False, True])
-    optimizer = torch.optim.Adam([model.mirror_offset], lr=0.05)
-    for _ in range(100):
-        loss, _ = train_simple.landmark_loss(model, logits, labels, mirrored, 2.0, heatmap_weight, coord_weight)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    offset = model.mirror_offset.detach()
-    assert offset[:, 0] == pytest.approx(torch.ones(3), abs=0.1) and offset[:, 1].abs().max() < 0.1
-    _, parts = train_simple.landmark_loss(model, logits, labels, mirrored, 2.0, 1.0, 1.0)
-    assert parts["heatmap"] < 0.01 and parts["coord"] < 0.1
-    assert torch.allclose(model.decode(logits[1:], mirrored=True)[0].detach(), labels[1:], atol=0.5)
-
-
-def test_landmarks_outside_the_crop_get_no_coordinate_loss():
-    model = LandmarkModel("resnet18", 2, 64)
-    keypoints = torch.tensor([[[10.0, 20.0], [90.0, 20.0]]])  # the second is right of the 64 px crop
-    logits = heatmap_targets(input_to_heatmap(keypoints, HEATMAP_STRIDE), 16, 16, 2.0)
-    _, parts = train_simple.landmark_loss(model, logits, keypoints, NOT_MIRRORED, 2.0, 0.0, 1.0)
-    assert parts["coord"] < 0.05
-
-
 def test_optimizer_rates_and_decay_per_parameter():
-    model = LandmarkModel("resnet18", 3, 64)
+    model = LandmarkModel("resnet18", 3)
     args = train_simple.parse_args(["--backbone", "resnet18", "--lr", "0.002"])  # pretrained backbone
     groups = train_simple.build_optimizer(model, args).param_groups
     setting = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     assert setting[id(model.backbone.conv1.weight)] == (pytest.approx(0.0002), 1e-4)
     assert setting[id(model.head[0].weight)] == (0.002, 1e-4) and setting[id(model.head[1].bias)] == (0.002, 0.0)
-    assert setting[id(model.mirror_offset)] == (pytest.approx(0.002 * train_simple.MIRROR_OFFSET_LR_MULT), 0.0)
+    assert setting[id(model.codec.mirror_offset)] == (pytest.approx(0.002 * train_simple.MIRROR_OFFSET_LR_MULT), 0.0)
     assert len(setting) == len(list(model.parameters()))
 
 
@@ -131,12 +91,6 @@ def test_ema_and_schedule():
     factor = train_simple.warmup_cosine(warmup_steps=10, total_steps=110)
     assert factor(0) == pytest.approx(0.01) and factor(10) == pytest.approx(1.0)
     assert factor(60) == pytest.approx(0.505) and factor(110) == pytest.approx(0.01)
-
-
-def test_checkpoint_write_is_atomic(tmp_path):
-    path = tmp_path / "last.pth"
-    train_simple.save_checkpoint({"epoch": 1}, path)
-    assert torch.load(path)["epoch"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
 
 
 def mean_shape_nme(train_set: LandmarkDataset, val_set: LandmarkDataset) -> float:
@@ -243,14 +197,14 @@ def test_ctrl_c_saves_last_pth_mid_epoch_and_resume_is_exact(toy_ann, uninterrup
 
 
 def test_non_finite_steps_are_skipped_then_the_run_stops_with_good_weights(toy_ann, tmp_path, monkeypatch, capsys):
-    real_loss, calls = train_simple.landmark_loss, []
+    real_loss, calls = HeatmapCodec.loss, []
 
     def loss_turning_nan(*args, **kwargs):
         loss, parts = real_loss(*args, **kwargs)
         calls.append(1)
         # one bad step early (skipped, run goes on), then nothing but bad steps from epoch 2
         return (loss * float("nan"), parts) if len(calls) == 3 or len(calls) > 12 else (loss, parts)
-    monkeypatch.setattr(train_simple, "landmark_loss", loss_turning_nan)
+    monkeypatch.setattr(HeatmapCodec, "loss", loss_turning_nan)
     run = tmp_path / "run"
     code = train_simple.main(toy_args(toy_ann, run, "--max-nonfinite-steps", "4"))
     out, err = capsys.readouterr()
@@ -290,7 +244,7 @@ def test_too_many_unreadable_images_stop_the_run(tmp_path, capsys):
 
 def test_no_space_or_unwritable_run_folder_is_refused_before_training(toy_ann, tmp_path, monkeypatch, capsys):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(train_simple.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 2**20, 5 * 2**20))
+    monkeypatch.setattr(run_utils.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 2**20, 5 * 2**20))
     run = tmp_path / "run"
     assert train_simple.main(toy_args(toy_ann, run)) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -301,20 +255,6 @@ def test_no_space_or_unwritable_run_folder_is_refused_before_training(toy_ann, t
     blocker.write_text("")
     assert train_simple.main(toy_args(toy_ann, blocker / "run")) == 1
     assert "cannot write to the run folder" in capsys.readouterr().err
-
-
-def test_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, monkeypatch):
-    path = tmp_path / "last.pth"
-    train_simple.save_checkpoint({"epoch": 1}, path)
-
-    def disk_full(state, f):
-        open(f, "wb").write(b"half")
-        raise RuntimeError("PytorchStreamWriter failed writing file: No space left on device")
-    monkeypatch.setattr(train_simple.torch, "save", disk_full)
-    with pytest.raises(train_simple.TrainingStopped, match="previous one is intact"):
-        train_simple.save_checkpoint({"epoch": 2}, path)
-    monkeypatch.undo()
-    assert torch.load(path)["epoch"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
 
 
 @pytest.mark.parametrize("kind", BROKEN_CHECKPOINTS)
@@ -344,29 +284,6 @@ def test_keypoint_weights_from_a_file_and_bad_ones_refused(tmp_path):
         train_simple.load_keypoint_weights(str(path), meta)
 
 
-def test_keypoint_weights_scale_each_landmarks_loss():
-    model = LandmarkModel("resnet18", 2, 64)
-    keypoints = torch.tensor([[[10.0, 20.0], [30.0, 40.0]]])
-    logits = heatmap_targets(input_to_heatmap(keypoints, HEATMAP_STRIDE), 16, 16, 2.0)
-    logits[:, 1] = torch.roll(logits[:, 1], shifts=2, dims=-1)  # only landmark 1 is wrong
-    _, even = train_simple.landmark_loss(model, logits, keypoints, NOT_MIRRORED, 2.0, 1.0, 1.0, torch.tensor([1.0, 1.0]))
-    _, skewed = train_simple.landmark_loss(model, logits, keypoints, NOT_MIRRORED, 2.0, 1.0, 1.0, torch.tensor([0.5, 1.5]))
-    assert float(skewed["heatmap"]) == pytest.approx(1.5 * float(even["heatmap"]), rel=1e-5)
-    assert float(skewed["coord"]) == pytest.approx(1.5 * float(even["coord"]), rel=0.05)
-
-
-def test_epoch_sampler_shards_and_skips_deterministically():
-    full = list(train_simple.EpochSampler(20, 4, seed=3))
-    assert len(full) == 20 and {i for i, _ in full} == set(range(20)) and {e for _, e in full} == {1}
-    sampler = train_simple.EpochSampler(20, 4, seed=3)
-    sampler.set_epoch(1, start_batch=2)
-    assert list(sampler) == full[8:] and len(sampler) == 12
-    sampler.set_epoch(2)
-    assert [i for i, _ in sampler] != [i for i, _ in full]
-    ranks = [list(train_simple.EpochSampler(21, 2, seed=3, rank=r, world_size=2)) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 10 and not {i for i, _ in ranks[0]} & {i for i, _ in ranks[1]}
-
-
 def test_torchrun_with_two_cpu_processes(toy_ann, tmp_path):
     """DDP over gloo: one set of files from rank 0, and the validation metric it logged equals a
     single-process evaluation of the checkpoint (so the ranks' shares of the val set were combined)."""
@@ -386,3 +303,10 @@ def test_torchrun_with_two_cpu_processes(toy_ann, tmp_path):
                           "--device", "cpu", "--num-workers", "0", "--out", str(out)]) == 0
     single = json.loads(out.read_text())
     assert single["num_images"] == 8 and single["nme_iod"] == pytest.approx(record["val_nme_iod"], rel=1e-5)
+
+
+def test_unknown_backbone_is_one_line_and_exit_1(toy_ann, tmp_path, capsys):
+    assert train_simple.main(toy_args(toy_ann, tmp_path / "run", "--backbone", "nosuchmodel")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: backbone 'nosuchmodel' is not a timm model name (e.g. hrnet_w32, tf_efficientnetv2_s, "
+                   "resnet18)"]

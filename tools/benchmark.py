@@ -4,9 +4,9 @@
     python tools/benchmark.py --backbone resnet18 --input-size 128 --batch-size 32 --device cpu \\
         --ann data/faces68/annotations/train.json --num-workers 2 --json                   # real images too
 
-Training images/s is the full step of train_simple.py (autocast forward, loss, backward, AdamW
-step, reading the loss) on batches already on the device; evaluation images/s is the forward
-pass and soft-argmax decoding without gradients; with --ann, the data pipeline (crop from the
+Training images/s is train_simple.train_step itself (autocast forward, loss, backward, gradient
+norm, the one host sync, AdamW step, EMA update, BatchNorm snapshot) on one batch already on the
+device; evaluation images/s is the forward pass and soft-argmax decoding without gradients; with --ann, the data pipeline (crop from the
 crop cache or decode, augment, collate in --num-workers workers) is timed alone. Each figure is the median of
 --repeats timings of --steps batches, after --warmup batches.
 """
@@ -29,8 +29,9 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 import train_simple  # noqa: E402
 from dataset import Augmentation, LandmarkDataset, collate_readable  # noqa: E402
-from evaluate import pick_device  # noqa: E402
+from errors import DataError, reports_errors  # noqa: E402
 from model import LandmarkModel  # noqa: E402
+from run_utils import pick_device  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -55,33 +56,18 @@ def timed(run_batch, device: torch.device, batch_size: int, steps: int, warmup: 
     return statistics.median(rates)
 
 
-def training_rate(forward, model: LandmarkModel, images: torch.Tensor, keypoints: torch.Tensor,
-                  train_args: argparse.Namespace, steps: int, warmup: int, repeats: int) -> float:
-    """Images/s of train_simple's training step on one batch kept on the device; `forward` is the
-    model or its torch.compile'd version."""
-    device = images.device
-    optimizer = train_simple.build_optimizer(model, train_args)
-    amp_dtype = train_simple.autocast_dtype(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    weights = torch.ones(model.config["num_keypoints"], device=device)
-    mirrored = torch.arange(len(images), device=device) % 2 == 1  # half the crops, as flip augmentation does
-    model.train()
-
-    def step() -> None:
-        loss, _ = train_simple.batch_loss(forward, model, images, keypoints, mirrored, train_args, amp_dtype, weights)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss.item()
-    return timed(step, device, len(images), steps, warmup, repeats)
+def training_rate(run: train_simple.Run, batch: dict, steps: int, warmup: int, repeats: int) -> float:
+    """Images/s of train_simple's training step on one batch (moved to the device by the step, as
+    in training; pinned on CUDA)."""
+    run.model.train()
+    return timed(lambda: train_simple.train_step(run, batch), run.device, len(batch["image"]), steps, warmup, repeats)
 
 
 @torch.no_grad()
 def evaluation_rate(model: LandmarkModel, images: torch.Tensor, steps: int, warmup: int, repeats: int) -> float:
     """Images/s of the forward pass and decoding, as in evaluate.py."""
     model.eval()
-    return timed(lambda: model.decode(model(images)), images.device, len(images), steps, warmup, repeats)
+    return timed(lambda: model.predict(images), images.device, len(images), steps, warmup, repeats)
 
 
 def pipeline_rate(loader: DataLoader, steps: int, warmup: int, repeats: int) -> float:
@@ -98,7 +84,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak / 2**20 if platform.system() == "Darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="hrnet_w32")
     parser.add_argument("--input-size", type=int, default=256)
@@ -116,40 +102,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="batches before the timings")
     parser.add_argument("--repeats", type=int, default=3, help="timings per figure (the median is reported)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def real_batch(args: argparse.Namespace) -> tuple[dict, float]:
+    """A training batch of --ann's augmented crops and the data pipeline's images/s."""
+    dataset = LandmarkDataset(args.ann, args.data_root, args.input_size, augmentation=Augmentation())
+    if not args.no_crop_cache:
+        dataset.use_cache(train_simple.default_cache_dir(args.ann), num_workers=args.num_workers)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                        num_workers=args.num_workers, collate_fn=collate_readable,
+                        persistent_workers=args.num_workers > 0)
+    needed = args.warmup + args.steps * args.repeats
+    if len(loader) < needed:
+        raise DataError(f"{args.ann}: {len(loader)} batches of {args.batch_size}, the timings need {needed}")
+    return next(iter(loader)), pipeline_rate(loader, args.steps, args.warmup, args.repeats)
+
+
+def synthetic_batch(args: argparse.Namespace) -> dict:
+    """A training batch of random crops and landmarks, half of them mirrored as flip augmentation does."""
+    size = args.input_size
+    return {"image": torch.randint(0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8),
+            "keypoints": torch.rand(args.batch_size, args.num_keypoints, 2) * (size - 1),
+            "mirrored": torch.arange(args.batch_size) % 2 == 1}
+
+
+@reports_errors
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     device = pick_device(args.device)
     torch.manual_seed(0)
     result = {"backbone": args.backbone, "input_size": args.input_size, "batch_size": args.batch_size,
-              "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
-    num_keypoints, data_rate = args.num_keypoints, None
+              "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "compile": args.compile}
     if args.ann:
-        dataset = LandmarkDataset(args.ann, args.data_root, args.input_size, augmentation=Augmentation())
-        if not args.no_crop_cache:
-            dataset.use_cache(train_simple.default_cache_dir(args.ann), num_workers=args.num_workers)
-        loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                            num_workers=args.num_workers, collate_fn=collate_readable,
-                            persistent_workers=args.num_workers > 0)
-        needed = args.warmup + args.steps * args.repeats
-        if len(loader) < needed:
-            parser.error(f"{args.ann}: {len(loader)} batches of {args.batch_size}, the timings need {needed}")
-        data_rate = pipeline_rate(loader, args.steps, args.warmup, args.repeats)
-        num_keypoints = dataset.meta["num_keypoints"]
-        batch = next(iter(loader))
-        images, keypoints = batch["image"].float(), batch["keypoints"]
+        batch, data_rate = real_batch(args)
         result.update(data_images_per_s=data_rate, num_workers=args.num_workers, crop_cache=not args.no_crop_cache)
     else:
-        images = torch.randint(0, 256, (args.batch_size, 3, args.input_size, args.input_size)).float()
-        keypoints = torch.rand(args.batch_size, num_keypoints, 2) * (args.input_size - 1)
+        batch = synthetic_batch(args)
+    num_keypoints = batch["keypoints"].shape[1]
     train_args = train_simple.parse_args(["--backbone", args.backbone, "--input-size", str(args.input_size),
-                                          "--no-pretrained"])
-    model = LandmarkModel(args.backbone, num_keypoints, args.input_size, train_args.neck_channels)
-    memory_format = train_simple.place_model(model, device)
-    images, keypoints = images.to(device).contiguous(memory_format=memory_format), keypoints.to(device)
-    forward = torch.compile(model) if args.compile else model
-    result["train_images_per_s"] = training_rate(forward, model, images, keypoints, train_args, args.steps,
-                                                 args.warmup, args.repeats)
-    result["compile"] = args.compile
+                                          "--no-pretrained", *(["--compile"] if args.compile else [])])
+    model = LandmarkModel(args.backbone, num_keypoints, train_args.neck_channels, sigma=train_args.sigma)
+    run = train_simple.build_run(train_args, model, {"num_keypoints": num_keypoints}, torch.ones(num_keypoints),
+                                 steps_per_epoch=1000, device=device)
+    batch = {key: batch[key].to(device) for key in ("image", "keypoints", "mirrored")}
+    result["train_images_per_s"] = training_rate(run, batch, args.steps, args.warmup, args.repeats)
+    images = batch["image"].float().contiguous(memory_format=run.memory_format)
     result["eval_images_per_s"] = evaluation_rate(model, images, args.steps, args.warmup, args.repeats)
     result["peak_memory_mb"] = peak_memory_mb(device)
     if args.json:
@@ -157,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     line = (f"{args.backbone} at {args.input_size}, batch {args.batch_size}, {device} ({result['threads']} threads): "
             f"train {result['train_images_per_s']:.1f} img/s, eval {result['eval_images_per_s']:.1f} img/s")
-    if data_rate is not None:
+    if args.ann:
         line += (f", data pipeline {data_rate:.1f} img/s with {args.num_workers} workers "
                  f"({data_rate / result['train_images_per_s']:.1f}x training)")
     print(line + f", peak memory {result['peak_memory_mb']:.0f} MB")

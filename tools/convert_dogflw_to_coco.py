@@ -22,7 +22,8 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, when run as a script
-from dataset import DataError, validate_keypoint_meta  # noqa: E402
+from dataset import validate_keypoint_meta  # noqa: E402
+from errors import DataError, reports_errors  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 KAGGLE_DATASET = "georgemartvel/dogflw"
@@ -38,7 +39,7 @@ DOGFLW_META = {
 }
 
 
-class LabelError(ValueError):
+class LabelError(DataError):
     """A label or image file that cannot be converted; the message names the problem."""
 
 
@@ -58,8 +59,6 @@ def load_meta(path: str | None) -> dict:
         if len(meta["keypoints"]) != num_keypoints:
             raise LabelError(f"{path}: {len(meta['keypoints'])} keypoint names for {num_keypoints} landmarks")
         validate_keypoint_meta(meta, path)
-    except (LabelError, DataError) as err:
-        raise LabelError(str(err)) from None
     except (OSError, ValueError, TypeError, AttributeError) as err:
         raise LabelError(f"{path}: not usable keypoint metadata ({err})") from None
     return meta
@@ -234,6 +233,7 @@ def download_dogflw() -> Path:
     raise LabelError(f"{path}: downloaded, but no folder with train/ and test/ inside")
 
 
+@reports_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dogflw_root", help="folder holding the split folders (train/, test/)")
@@ -244,13 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.download and not args.dogflw_root:
         parser.error("give --dogflw_root DIR or --download")
+    meta = load_meta(args.meta)
+    root = download_dogflw() if args.download else Path(args.dogflw_root)
     try:
-        meta = load_meta(args.meta)
-        root = download_dogflw() if args.download else Path(args.dogflw_root)
         convert(root, args.out_dir, meta, strict=args.strict)
-    except (LabelError, OSError, json.JSONDecodeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except OSError as err:
+        raise DataError(f"{err.filename or args.out_dir}: {err.strerror or err}") from None
     return 0
 
 

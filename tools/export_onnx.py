@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from model import CheckpointError, LandmarkModel, load_checkpoint  # noqa: E402
+from errors import UsageError, reports_errors  # noqa: E402
+from model import LandmarkModel, load_landmark_model  # noqa: E402
 
 TOLERANCE_PX = 1e-3  # largest accepted |ONNX Runtime - PyTorch| landmark difference, crop pixels
 
@@ -37,14 +38,13 @@ class LandmarksInCrop(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.decode(self.model(images))
+        return self.model.predict(images)
 
 
-def export(wrapper: LandmarksInCrop, out: Path, metadata: dict[str, str], opset: int) -> None:
-    """TorchScript-based export (torch >= 2.1) with a dynamic batch axis, plus metadata."""
+def export(wrapper: LandmarksInCrop, size: int, out: Path, metadata: dict[str, str], opset: int) -> None:
+    """TorchScript-based export (torch >= 2.1) of size x size crops with a dynamic batch axis, plus metadata."""
     import onnx
 
-    size = wrapper.model.config["input_size"]
     # torch >= 2.9 defaults to the torch.export-based exporter (which needs onnxscript) and warns
     # that this one is deprecated; torch < 2.5 has no `dynamo` argument
     options = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
@@ -59,11 +59,10 @@ def export(wrapper: LandmarksInCrop, out: Path, metadata: dict[str, str], opset:
     onnx.save(proto, str(out))
 
 
-def max_difference(wrapper: LandmarksInCrop, out: Path, batch_size: int) -> tuple[float, float]:
-    """Largest |ONNX Runtime - PyTorch| of points and of confidences on random crops."""
+def max_difference(wrapper: LandmarksInCrop, size: int, out: Path, batch_size: int) -> tuple[float, float]:
+    """Largest |ONNX Runtime - PyTorch| of points and of confidences on random size x size crops."""
     import onnxruntime
 
-    size = wrapper.model.config["input_size"]
     images = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
     with torch.no_grad():
         points, confidence = wrapper(images)
@@ -73,6 +72,7 @@ def max_difference(wrapper: LandmarksInCrop, out: Path, batch_size: int) -> tupl
             float(np.abs(onnx_confidence - confidence.numpy()).max()))
 
 
+@reports_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
@@ -83,36 +83,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if importlib.util.find_spec("onnx") is None:
-        print("error: exporting needs the onnx package: pip install onnx onnxruntime", file=sys.stderr)
-        return 1
-    try:
-        model, checkpoint = load_checkpoint(args.checkpoint, map_location="cpu")
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    meta, config = checkpoint["keypoint_meta"], model.config
+        raise UsageError("exporting needs the onnx package: pip install onnx onnxruntime")
+    model, checkpoint, crop = load_landmark_model(args.checkpoint, map_location="cpu")
+    meta, size, k = checkpoint["keypoint_meta"], crop.input_size, model.config["num_keypoints"]
     wrapper = LandmarksInCrop(model).eval()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"input_size": str(config["input_size"]), "box_padding": str(checkpoint["args"]["box_padding"]),
+    metadata = {"input_size": str(size), "box_padding": str(crop.box_padding),
                 "keypoints": json.dumps(meta["keypoints"]), "flip_index": json.dumps(meta["flip_index"]),
                 "input": "float32 RGB 0..255 (N, 3, S, S)", "outputs": "points (N, K, 2) in crop pixels, "
                 "confidence (N, K)", "checkpoint": str(args.checkpoint)}
-    export(wrapper, out, metadata, args.opset)
-    size, k = config["input_size"], config["num_keypoints"]
+    export(wrapper, size, out, metadata, args.opset)
     print(f"wrote {out}: images (N, 3, {size}, {size}) float RGB 0..255 -> points (N, {k}, 2) in crop "
-          f"pixels, confidence (N, {k}); box padding {checkpoint['args']['box_padding']}")
+          f"pixels, confidence (N, {k}); box padding {crop.box_padding}")
     try:
-        point_diff, confidence_diff = max_difference(wrapper, out, args.check_batch)
+        point_diff, confidence_diff = max_difference(wrapper, size, out, args.check_batch)
     except ImportError:
-        print("error: onnxruntime is not installed, so the export was not checked: pip install onnxruntime",
-              file=sys.stderr)
-        return 1
+        raise UsageError("onnxruntime is not installed, so the export was not checked: "
+                         "pip install onnxruntime") from None
     print(f"ONNX Runtime vs PyTorch on a random batch of {args.check_batch}: max |difference| "
           f"{point_diff:.2e} px (points), {confidence_diff:.2e} (confidence)")
     if not point_diff <= TOLERANCE_PX or not confidence_diff <= TOLERANCE_PX:
-        print(f"error: the difference is above the tolerance of {TOLERANCE_PX:g}", file=sys.stderr)
-        return 1
+        raise UsageError(f"the difference is above the tolerance of {TOLERANCE_PX:g}")
     return 0
 
 

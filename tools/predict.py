@@ -25,14 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from dataset import DataError, read_image  # noqa: E402
-from evaluate import draw_landmarks, pick_device, predict_crops  # noqa: E402
-from geometry import box_to_center_size, crop_affine, warp_image  # noqa: E402
-from model import CheckpointError, load_checkpoint  # noqa: E402
+from dataset import read_image  # noqa: E402
+from errors import DataError, reports_errors  # noqa: E402
+from inference import LandmarkPredictor  # noqa: E402
 from tools.convert_dogflw_to_coco import IMAGE_EXTENSIONS  # noqa: E402
+from visualize import draw_landmarks  # noqa: E402
 
 
 def parse_box(values, source: str) -> np.ndarray:
@@ -98,7 +97,7 @@ def choose_box(path: Path, image: np.ndarray, box_for_all: np.ndarray | None,
     return np.array([-0.5, -0.5, width - 0.5, height - 0.5]), "whole image"  # the outer pixel edges
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and folders of images")
     parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
@@ -111,61 +110,67 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's prediction")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cuda, mps or cpu")
     parser.add_argument("--batch-size", type=int, default=16)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    try:
-        box_for_all = parse_box(args.bbox, "--bbox") if args.bbox else None
-        box_table = load_boxes(args.boxes) if args.boxes else {}
-        model, checkpoint = load_checkpoint(args.checkpoint, map_location="cpu")
-    except (CheckpointError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    device = pick_device(args.device)
-    model.to(device)
-    meta, size, padding = checkpoint["keypoint_meta"], model.config["input_size"], checkpoint["args"]["box_padding"]
-    flip_index = meta["flip_index"] if args.flip_test else None
+
+def read_chunk(chunk: list[tuple[Path, str]], args: argparse.Namespace, box_for_all: np.ndarray | None,
+               box_table: dict[str, np.ndarray], problems: list[str]) -> list[tuple]:
+    """(path, output stem, image, box, box source) of each image of the chunk that can be read;
+    the others are reported and added to `problems`."""
+    read = []
+    for path, stem in chunk:
+        try:
+            image = read_image(path)
+        except DataError as err:
+            tqdm.write(f"warning: {err}; skipped", file=sys.stderr)
+            problems.append(str(err))
+            continue
+        read.append((path, stem, image, *choose_box(path, image, box_for_all, box_table)))
+        if args.boxes and read[-1][-1] == "whole image":
+            tqdm.write(f"warning: {path}: not in {args.boxes}; the whole image is its face box", file=sys.stderr)
+    return read
+
+
+def write_outputs(out_dir: Path, path: Path, stem: str, image: np.ndarray, box: np.ndarray, source: str,
+                  points: np.ndarray, confidence: np.ndarray, predictor: LandmarkPredictor,
+                  args: argparse.Namespace) -> None:
+    """OUT/STEM.json and OUT/STEM_overlay.png for one image."""
+    result = {"image": str(path), "width": image.shape[1], "height": image.shape[0],
+              "box": box.tolist(), "box_source": source, "landmarks": points.round(3).tolist(),
+              "confidence": confidence.astype(float).round(4).tolist(),
+              "keypoint_names": predictor.meta["keypoints"], "checkpoint": str(args.checkpoint),
+              "flip_test": args.flip_test}
+    (out_dir / f"{stem}.json").write_text(json.dumps(result), encoding="utf-8")
+    overlay = cv2.cvtColor(draw_landmarks(image, points, box=box), cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(out_dir / f"{stem}_overlay.png"), overlay)
+
+
+@reports_errors
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    box_for_all = parse_box(args.bbox, "--bbox") if args.bbox else None
+    box_table = load_boxes(args.boxes) if args.boxes else {}
+    predictor = LandmarkPredictor(args.checkpoint, args.device, args.flip_test)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-
     images, problems = list_images(args.inputs)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     jobs = list(zip(images, output_stems(images)))
     written = 0
-    progress = tqdm(total=len(jobs), desc="predict", unit="img", dynamic_ncols=True)
-    for start in range(0, len(jobs), args.batch_size):
-        chunk, read = jobs[start:start + args.batch_size], []
-        for path, stem in chunk:
-            try:
-                image = read_image(path)
-            except DataError as err:
-                tqdm.write(f"warning: {err}; skipped", file=sys.stderr)
-                problems.append(str(err))
-                continue
-            read.append((path, stem, image, *choose_box(path, image, box_for_all, box_table)))
-            if args.boxes and read[-1][-1] == "whole image":
-                tqdm.write(f"warning: {path}: not in {args.boxes}; the whole image is its face box", file=sys.stderr)
-        if read:
-            affines = np.stack([crop_affine(*box_to_center_size(box, padding), size) for *_, box, _ in read])
-            crops = np.stack([warp_image(r[2], affine, size) for r, affine in zip(read, affines)])
-            crops = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).to(device).float()
-            points, confidence = predict_crops(model, crops, affines, flip_index)
-            for (path, stem, image, box, source), pts, conf in zip(read, points, confidence):
-                result = {"image": str(path), "width": image.shape[1], "height": image.shape[0],
-                          "box": box.tolist(), "box_source": source, "landmarks": pts.round(3).tolist(),
-                          "confidence": conf.astype(float).round(4).tolist(), "keypoint_names": meta["keypoints"],
-                          "checkpoint": str(args.checkpoint), "flip_test": args.flip_test}
-                (out_dir / f"{stem}.json").write_text(json.dumps(result), encoding="utf-8")
-                overlay = cv2.cvtColor(draw_landmarks(image, pts, box=box), cv2.COLOR_RGB2BGR)
-                cv2.imwrite(str(out_dir / f"{stem}_overlay.png"), overlay)
-                written += 1
-        progress.update(len(chunk))
-    progress.close()
+    with tqdm(total=len(jobs), desc="predict", unit="img", dynamic_ncols=True) as progress:
+        for start in range(0, len(jobs), args.batch_size):
+            chunk = jobs[start:start + args.batch_size]
+            read = read_chunk(chunk, args, box_for_all, box_table, problems)
+            if read:
+                points, confidence = predictor.landmarks([r[2] for r in read], [r[3] for r in read])
+                for (path, stem, image, box, source), pts, conf in zip(read, points, confidence):
+                    write_outputs(out_dir, path, stem, image, box, source, pts, conf, predictor, args)
+                written += len(read)
+            progress.update(len(chunk))
     print(f"wrote NAME.json and NAME_overlay.png for {written} image(s) to {out_dir}")
     if problems:
-        print(f"error: {len(problems)} input(s) failed (listed above); the other images were processed",
-              file=sys.stderr)
-        return 1
+        raise DataError(f"{len(problems)} input(s) failed (listed above); the other images were processed")
     return 0
 
 

@@ -1,0 +1,72 @@
+"""Checkpoint files: what they hold, how they are written and how they are read.
+
+A landmark checkpoint (`kind` "landmarks", written by train_simple.py) is a dict:
+- `format` (CHECKPOINT_FORMAT) and `kind`;
+- `model_config`: LandmarkModel's constructor arguments; `model`: the inference weights (the EMA);
+- `crop`: {"input_size", "box_padding"}, how face crops are cut for this model (geometry.CropGeometry);
+- `keypoint_meta`: keypoint names, flip_index, iod_pair, regions;
+- `epoch`, `best_nme`, `metrics` (the last validation) and `args` (the training arguments);
+- for resuming: `train_model`, `optimizer`, `scheduler`, `scaler`, `next_batch`, `torch_rng`, `cuda_rng`.
+Files of format 1 (before `format` existed: input size in model_config, box padding only in the
+arguments, the codec's parameters at the top of the state dict) are upgraded when read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from errors import CheckpointError, TrainingStopped
+from run_utils import write_atomically
+
+CHECKPOINT_FORMAT = 2
+LANDMARKS = "landmarks"
+TRAINING_STATE_KEYS = ("train_model", "optimizer", "scheduler", "scaler", "epoch", "best_nme", "args")
+WRITERS = {LANDMARKS: "train_simple.py"}
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """torch.save to a temporary file, then an atomic rename: never a half-written checkpoint."""
+    try:
+        write_atomically(path, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+        raise TrainingStopped(f"{path}: cannot write the checkpoint ({err}); the previous one is intact") from None
+
+
+def upgrade_format_1(checkpoint: dict) -> dict:
+    """A landmark checkpoint of format 1 in today's layout."""
+    config = dict(checkpoint["model_config"])
+    args = checkpoint.get("args") or {}
+    crop = {"input_size": config.pop("input_size"), "box_padding": args.get("box_padding", 1.25)}
+    config.setdefault("sigma", args.get("sigma", 2.0))
+    renamed = {"log_beta": "codec.log_beta", "mirror_offset": "codec.mirror_offset"}
+    upgraded = {**checkpoint, "format": CHECKPOINT_FORMAT, "kind": LANDMARKS, "model_config": config, "crop": crop}
+    for key in ("model", "train_model"):
+        if key in checkpoint:
+            upgraded[key] = {renamed.get(name, name): value for name, value in checkpoint[key].items()}
+    return upgraded
+
+
+def read_checkpoint(path: str | Path, kind: str, map_location: str | torch.device = "cpu") -> dict:
+    """The checkpoint at `path` in today's layout, or CheckpointError naming the file and what
+    it is instead (missing, not a checkpoint, one of another kind or a newer format)."""
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file") from None
+    except Exception as err:  # torch.load raises many types for files that are not checkpoints
+        raise CheckpointError(f"{path}: not a checkpoint written by {WRITERS[kind]} "
+                              f"({type(err).__name__}: {str(err)[:200]})") from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_config" not in checkpoint:
+        raise CheckpointError(f"{path}: not a checkpoint written by {WRITERS[kind]} (no model or model_config)")
+    if "format" not in checkpoint:
+        checkpoint = upgrade_format_1(checkpoint)
+    if checkpoint["format"] > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {checkpoint['format']} is newer than this code "
+                              f"reads ({CHECKPOINT_FORMAT}); update the code")
+    if checkpoint["kind"] != kind:
+        raise CheckpointError(f"{path}: a {checkpoint['kind']} checkpoint, where a {kind} checkpoint "
+                              f"(from {WRITERS[kind]}) is needed")
+    return checkpoint
