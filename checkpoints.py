@@ -47,18 +47,20 @@ def upgrade_format_1(checkpoint: dict) -> dict:
     return upgraded
 
 
-def read_checkpoint(path: str | Path, kind: str, map_location: str | torch.device = "cpu") -> dict:
+def read_checkpoint(path: str | Path, kind: str, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict:
     """The checkpoint at `path` in today's layout, or CheckpointError naming the file and what
-    it is instead (missing, not a checkpoint, one of another kind or a newer format)."""
+    it is instead (missing, not a checkpoint, one of another kind or a newer format). With
+    `mmap`, tensors stay on disk until used: cheap when only the settings are needed."""
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path}: a folder, not a checkpoint file") from None
     except Exception as err:  # torch.load raises many types for files that are not checkpoints
-        raise CheckpointError(f"{path}: not a checkpoint written by {WRITERS[kind]} "
-                              f"({type(err).__name__}: {str(err)[:200]})") from None
+        raise CheckpointError(f"{path}: not a checkpoint written by {WRITERS[kind]} (it cannot be read as one: "
+                              f"{type(err).__name__})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_config" not in checkpoint:
         raise CheckpointError(f"{path}: not a checkpoint written by {WRITERS[kind]} (no model or model_config)")
     if "format" not in checkpoint:

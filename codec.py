@@ -75,8 +75,8 @@ class HeatmapCodec(nn.Module):
         return points, confidence
 
     def loss(self, logits: torch.Tensor, keypoints: torch.Tensor, mirrored: torch.Tensor,
-             heatmap_weight: float = 1.0, coord_weight: float = 1.0, keypoint_weights: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             heatmap_weight: float = 1.0, coord_weight: float = 1.0, keypoint_weights: torch.Tensor | None = None,
+             labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Heatmap MSE against Gaussian targets plus L1 on the soft-argmax coordinates: the loss
         and its two terms (detached 0-d tensors, so that the caller reads every figure in one
         host sync).
@@ -86,11 +86,14 @@ class HeatmapCodec(nn.Module):
         energy (pi sigma^2), so it starts near 1 for any map size. Landmarks that augmentation
         pushed out of the crop get no coordinate loss: the soft-argmax cannot reach them, while
         their heatmap target (empty or cut) is still learned. For `mirrored` crops both terms
-        place the landmark at its label minus the learned mirror offset.
+        place the landmark at its label minus the learned mirror offset. Landmarks whose
+        `labelled` (B, K) is False (COCO visibility 0) get no loss at all.
         """
         logits = logits.float()
         height, width = logits.shape[-2:]
         weights = torch.ones(logits.shape[1], device=logits.device) if keypoint_weights is None else keypoint_weights
+        if labelled is not None:
+            weights = weights * labelled  # (B, K)
         heatmap_loss = coord_loss = logits.new_zeros(())
         if heatmap_weight > 0:
             seen_points = keypoints - self.mirror_shift(mirrored)  # where the network should see each landmark

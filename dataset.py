@@ -15,17 +15,19 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from errors import DataError
+from run_utils import ignore_ctrl_c
 from geometry import (apply_affine, box_to_center_size, compose_affine, crop_affine, flip_points, invert_affine,
                       warp_image)
 
@@ -72,44 +74,99 @@ def validate_keypoint_meta(meta: dict, source: str) -> None:
             raise DataError(f"{source}: region {name!r} must list landmark indices below {k}")
 
 
-def load_coco(ann_file: str | Path) -> tuple[list[dict], dict, str | None]:
-    """Records (file, box_xyxy, keypoints Kx2), keypoint metadata and the data root it names."""
+def read_meta_file(path: str | Path) -> dict:
+    """Keypoint metadata from a JSON file (num_keypoints, keypoints, flip_index, iod_pair, optional
+    regions): the converter's --meta, and --meta of the trainer and the evaluator for COCO files
+    whose category lacks those fields."""
     try:
-        with open(ann_file, encoding="utf-8") as f:
-            coco = json.load(f)
-        category = coco["categories"][0]
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+        num_keypoints = int(meta.get("num_keypoints", len(meta.get("flip_index", []))))
+        if num_keypoints <= 0:
+            raise DataError(f"{path}: needs num_keypoints or flip_index")
+        meta["num_keypoints"] = num_keypoints
+        meta.setdefault("keypoints", [f"landmark_{i}" for i in range(num_keypoints)])
+        meta.setdefault("flip_index", list(range(num_keypoints)))
+        if len(meta["keypoints"]) != num_keypoints:
+            raise DataError(f"{path}: {len(meta['keypoints'])} keypoint names for {num_keypoints} landmarks")
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as err:
+        raise DataError(f"{path}: not usable keypoint metadata ({type(err).__name__}: {err})") from None
+    return keypoint_meta(meta, str(path)) | {k: v for k, v in meta.items() if k == "name"}
+
+
+META_FIELDS = {"keypoints": "the K landmark names", "flip_index": "the mirror permutation of the landmarks",
+               "iod_pair": "the two outer eye-corner landmarks NME_IOD is normalised by"}
+
+
+def keypoint_meta(category: dict, source: str) -> dict:
+    """The keypoint metadata of a COCO category (or of a --meta file), checked."""
+    missing = [name for name in META_FIELDS if name not in category]
+    if missing:
+        fields = "; ".join(f"{name} ({META_FIELDS[name]})" for name in missing)
+        raise DataError(f"{source}: the keypoint category has no {fields}: add them to its categories[0], or "
+                        "pass --meta FILE with them (the converter's --meta format)")
+    try:
+        meta = {"keypoints": [str(name) for name in category["keypoints"]],
+                "num_keypoints": len(category["keypoints"]),
+                "flip_index": [int(i) for i in category["flip_index"]],
+                "iod_pair": [int(i) for i in category["iod_pair"]],
+                "regions": {str(k): [int(i) for i in v] for k, v in (category.get("regions") or {}).items()},
+                "keypoint_weights": category.get("keypoint_weights")}
+    except (TypeError, ValueError, AttributeError) as err:
+        raise DataError(f"{source}: keypoint metadata of the wrong type ({err})") from None
+    validate_keypoint_meta(meta, source)
+    return meta
+
+
+def parse_annotation(ann: dict, images: dict, num_keypoints: int, source: str) -> dict:
+    """One record: image file, face box (x1, y1, x2, y2), keypoints (K, 2) and `labelled` (K,),
+    False where COCO's visibility flag is 0 (not labelled: coordinates 0, left out of training and
+    metrics). Refuses a box of zero size and a non-finite number, naming the image."""
+    name = images[ann["image_id"]]["file_name"]
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise DataError(f"{source}: image {name}: face box {ann['bbox']} is not finite with positive width "
+                        "and height")
+    values = np.asarray(ann["keypoints"], dtype=np.float64)
+    if values.shape != (3 * num_keypoints,):
+        raise DataError(f"{source}: image {name} does not have {num_keypoints} keypoints")
+    values = values.reshape(-1, 3)
+    labelled = values[:, 2] > 0
+    if not np.isfinite(values[labelled, :2]).all():
+        bad = int(np.flatnonzero(labelled & ~np.isfinite(values[:, :2]).all(axis=1))[0])
+        raise DataError(f"{source}: image {name}: keypoint {bad} is NaN or infinite")
+    keypoints = np.where(labelled[:, None], values[:, :2], 0.0)
+    return {"file": name, "box": np.array([x, y, x + w, y + h]), "keypoints": keypoints, "labelled": labelled}
+
+
+def load_coco(ann_file: str | Path, meta_override: dict | None = None) -> tuple[list[dict], dict, str | None]:
+    """Records (see parse_annotation), keypoint metadata and the data root the file names.
+    `meta_override` (a --meta file) supplies or replaces the category's keypoint fields."""
+    try:
+        coco = json.loads(Path(ann_file).read_text(encoding="utf-8"))
+        category = {**coco["categories"][0], **(meta_override or {})}
         images = {image["id"]: image for image in coco["images"]}
-        meta = {
-            "keypoints": list(category["keypoints"]),
-            "num_keypoints": len(category["keypoints"]),
-            "flip_index": [int(i) for i in category["flip_index"]],
-            "iod_pair": [int(i) for i in category["iod_pair"]],
-            "regions": category.get("regions") or {},
-            "keypoint_weights": category.get("keypoint_weights"),
-        }
-        records = []
-        for ann in coco["annotations"]:
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            records.append({
-                "file": images[ann["image_id"]]["file_name"],
-                "box": np.array([x, y, x + w, y + h], dtype=np.float64),
-                "keypoints": np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3)[:, :2],
-            })
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        annotations = list(coco["annotations"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError) as err:
         raise DataError(f"{ann_file}: not a usable COCO keypoints file ({type(err).__name__}: {err})") from None
-    validate_keypoint_meta(meta, str(ann_file))
-    bad = [r["file"] for r in records if r["keypoints"].shape != (meta["num_keypoints"], 2)]
-    if bad:
-        raise DataError(f"{ann_file}: {bad[0]} does not have {meta['num_keypoints']} keypoints")
-    return records, meta, coco.get("info", {}).get("data_root")
+    meta = keypoint_meta(category, str(ann_file))
+    try:
+        records = [parse_annotation(ann, images, meta["num_keypoints"], str(ann_file)) for ann in annotations]
+    except (KeyError, ValueError, TypeError) as err:
+        raise DataError(f"{ann_file}: an annotation is not usable ({type(err).__name__}: {err})") from None
+    info = coco.get("info") if isinstance(coco.get("info"), dict) else {}
+    return records, meta, info.get("data_root")
 
 
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 image, or DataError naming the file."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(f"{path}: cannot read image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+def read_image(path: str | Path) -> np.ndarray:
+    """The project's one image reader: an RGB uint8 array, turned upright as its EXIF orientation
+    says (as image viewers show it and as the converter measures it), or DataError naming the file."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: cannot read image (no such file)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's ways of saying "not an image"
+        raise DataError(f"{path}: cannot read image ({type(err).__name__})") from None
 
 
 class LandmarkDataset(Dataset):
@@ -122,9 +179,10 @@ class LandmarkDataset(Dataset):
     """
 
     def __init__(self, ann_file: str | Path, data_root: str | Path | None, input_size: int,
-                 padding: float = 1.25, augmentation: Augmentation | None = None, seed: int = 0):
+                 padding: float = 1.25, augmentation: Augmentation | None = None, seed: int = 0,
+                 meta_override: dict | None = None):
         self.ann_file = Path(ann_file)
-        self.records, self.meta, info_root = load_coco(ann_file)
+        self.records, self.meta, info_root = load_coco(ann_file, meta_override)
         root = data_root if data_root is not None else info_root
         if root is None:
             raise DataError(f"{ann_file}: names no data root; pass --data-root")
@@ -153,6 +211,10 @@ class LandmarkDataset(Dataset):
         center, size = box_to_center_size(self.records[index]["box"], self.padding)
         return crop_affine(center, size * side / self.input_size, side)
 
+    def annotation_digest(self) -> str:
+        """SHA-1 of the annotation file: which annotations a run was trained on."""
+        return hashlib.sha1(self.ann_file.read_bytes()).hexdigest()
+
     def cache_key(self) -> str:
         """What a cache file depends on: the annotations, each image file's size and modification
         time, the image folder and the crop geometry."""
@@ -163,7 +225,7 @@ class LandmarkDataset(Dataset):
                 files.append((stat.st_size, stat.st_mtime_ns))
             except OSError:
                 files.append(None)
-        key = json.dumps([CACHE_FORMAT, hashlib.sha1(self.ann_file.read_bytes()).hexdigest(), files,
+        key = json.dumps([CACHE_FORMAT, self.annotation_digest(), files,
                           str(self.data_root.resolve()), self.input_size, self.cache_side(), self.padding])
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
@@ -172,14 +234,27 @@ class LandmarkDataset(Dataset):
         missing (`build`) or out of date. Returns the cache file."""
         path = Path(cache_dir) / f"{self.ann_file.stem}-{self.input_size}px-{self.cache_key()}.npy"
         listing = path.with_suffix(".json")
-        if build and not listing.exists():
+        unreadable = self.read_cache_listing(path)
+        if build and unreadable is None:
+            if listing.exists():
+                print(f"warning: {path}: the crop cache is damaged (truncated?); building it again")
             build_crop_cache(self, path, num_workers)
-        try:
-            self.cache_unreadable = set(json.loads(listing.read_text(encoding="utf-8"))["unreadable"])
-        except (OSError, ValueError, KeyError) as err:
-            raise DataError(f"{listing}: crop cache unusable ({err}); delete {path.parent} to rebuild it") from None
-        self.cache_path, self._cache = path, None
+            unreadable = self.read_cache_listing(path)
+        if unreadable is None:
+            raise DataError(f"{path}: crop cache missing or damaged; delete {path.parent} to rebuild it")
+        self.cache_path, self._cache, self.cache_unreadable = path, None, unreadable
         return path
+
+    def read_cache_listing(self, path: Path) -> set[int] | None:
+        """The unreadable images a complete cache file lists, or None if the file or its listing
+        is missing, damaged or of another shape."""
+        try:
+            unreadable = set(json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["unreadable"])
+            shape = np.load(path, mmap_mode="r").shape
+        except (OSError, ValueError, EOFError, KeyError, TypeError):
+            return None
+        side = self.cache_side()
+        return unreadable if shape == (len(self), side, side, 3) else None
 
     def cached_crops(self) -> np.ndarray:
         if self._cache is None:
@@ -210,15 +285,17 @@ class LandmarkDataset(Dataset):
             flip = rng.random() < aug.flip_prob
         matrix = crop_affine(center, size, self.input_size, rotation)
         crop = warp_image(image, matrix if to_image is None else compose_affine(matrix, to_image), self.input_size)
-        keypoints = apply_affine(record["keypoints"], matrix)
+        keypoints, labelled = apply_affine(record["keypoints"], matrix), record["labelled"]
         if flip:
             crop = crop[:, ::-1]
             keypoints = flip_points(keypoints, self.meta["flip_index"], self.input_size)
+            labelled = labelled[self.meta["flip_index"]]
         if aug is not None:
             crop = photometric_augment(crop, aug, rng)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
             "keypoints": torch.from_numpy(keypoints.astype(np.float32)),
+            "labelled": torch.from_numpy(labelled),
             "affine": torch.from_numpy(matrix),
             "mirrored": bool(flip),
             "index": index,
@@ -281,16 +358,15 @@ def build_crop_cache(dataset: LandmarkDataset, path: Path, num_workers: int) -> 
         raise DataError(f"{path.parent}: the crop cache needs {needed / 2**20:.0f} MB, {free / 2**20:.0f} MB "
                         f"are free; free some space or train with --no-crop-cache")
     print(f"building the crop cache {path} ({len(dataset)} crops, {needed / 2**20:.0f} MB)")
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.stem}.", suffix=".partial.npy")
-    os.close(handle)
-    partial = Path(name)  # a name of its own: two runs may build the same cache at once
+    # a name of its own: two runs may build the same cache at once
+    partial = path.with_name(f"{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial.npy")
     partial_listing, listing = partial.with_suffix(".json"), path.with_suffix(".json")
     try:
         crops = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(dataset), side, side, 3))
         unreadable = []
         # its own generator: building the cache must not move the run's seeded random stream
         loader = DataLoader(CacheCrops(dataset), batch_size=None, num_workers=num_workers,
-                            generator=torch.Generator())
+                            generator=torch.Generator(), worker_init_fn=ignore_ctrl_c)
         for index, crop in loader:
             if crop is None:
                 unreadable.append(index)

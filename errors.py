@@ -1,13 +1,17 @@
-"""The project's one error hierarchy, and how every command-line script reports it.
+"""The project's one error hierarchy, and how every command-line script reports mistakes.
 
 Anything a user can cause or fix (a wrong path, a file of the wrong kind, an unknown backbone,
 a full disk) raises a `UserFacingError` whose message names the thing and the problem. The
 scripts' `main` functions are wrapped in `reports_errors`, which prints that message as one
 line and returns a non-zero exit status; any other exception is a bug and keeps its traceback.
+Command lines are parsed by `CommandLineParser`, whose argument types (positive_int, fraction,
+...) refuse a value out of range in one line before any work starts.
 """
 from __future__ import annotations
 
+import argparse
 import functools
+import math
 import sys
 from typing import Callable
 
@@ -63,3 +67,60 @@ def reports_errors(main: Callable[..., int]) -> Callable[..., int]:
             print("interrupted by Ctrl-C", file=sys.stderr)
             return 130
     return wrapper
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse with defaults shown in --help and a mistake reported as one line, exit status 2."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each flag's default after its help."""
+
+
+def number_type(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
+                high_open: bool = False) -> Callable[[str], int | float]:
+    """An argparse type: a `kind` (int or float) within [low, high] (open at either end when told),
+    with a message that says which values are allowed."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {describe_range(low, high, low_open, high_open)}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def describe_range(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    return " and ".join(parts)
+
+
+positive_int = number_type(int, 1)
+non_negative_int = number_type(int, 0)
+positive_float = number_type(float, 0, low_open=True)
+non_negative_float = number_type(float, 0)
+fraction = number_type(float, 0, 1)
+
+
+def multiple_of_32(text: str) -> int:
+    """An argparse type: a positive multiple of 32 (a crop side every backbone's strides divide)."""
+    value = positive_int(text)
+    if value % 32:
+        raise argparse.ArgumentTypeError(f"{text} is not a multiple of 32 (e.g. 128, 256)")
+    return value

@@ -13,8 +13,8 @@ the DogFLW paper reports (6.52 for its best ensemble).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from dataset import LandmarkDataset, collate_readable
-from errors import DataError, reports_errors
+from dataset import LandmarkDataset, collate_readable, read_meta_file
+from errors import CommandLineParser, DataError, non_negative_int, positive_int, reports_errors
 from inference import predict_crops
 from model import LandmarkModel, load_landmark_model
-from run_utils import pick_device
+from run_utils import check_output_file, check_output_folder, pick_device, write_json
 from visualize import plot_ced, write_visualisations
 
 FAILURE_THRESHOLD = 10.0  # NME_IOD percent above which an image counts as a failure
@@ -64,52 +64,74 @@ def rank_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos - 1) / 2) / (n_pos * n_neg))
 
 
+def normalised_offsets(pred: np.ndarray, gt: np.ndarray, iod_pair: list[int], labelled: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prediction minus truth in inter-ocular distances (N, K, 2), NaN where a landmark is not
+    labelled or its image cannot be normalised; which images can (both iod_pair landmarks
+    labelled and apart); and the images whose pair is labelled but coincides."""
+    pair_labelled = labelled[:, iod_pair[0]] & labelled[:, iod_pair[1]]
+    iod = np.linalg.norm(gt[:, iod_pair[0]] - gt[:, iod_pair[1]], axis=-1)
+    valid = pair_labelled & (iod > 1e-6)
+    offsets = (pred - gt) / np.where(valid, iod, np.nan)[:, None, None]
+    return np.where(labelled[..., None], offsets, np.nan), valid, pair_labelled & ~valid
+
+
+def nme_by_box_size(per_image: np.ndarray, boxes: np.ndarray) -> dict[str, float]:
+    """Mean NME_IOD of the images in each third of the face-box sizes (sqrt of the area)."""
+    box_side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    edges = np.quantile(box_side, [0, 1 / 3, 2 / 3, 1])
+    bins = np.clip(np.searchsorted(edges, box_side, side="right") - 1, 0, 2)
+    return {f"{name} ({edges[i]:.0f}-{edges[i + 1]:.0f} px)": float(per_image[bins == i].mean())
+            for i, name in enumerate(("small", "medium", "large")) if (bins == i).any()}
+
+
 def compute_metrics(pred: np.ndarray, gt: np.ndarray, iod_pair: list[int], boxes: np.ndarray | None = None,
                     keypoint_names: list[str] | None = None, regions: dict | None = None,
-                    confidence: np.ndarray | None = None) -> dict:
+                    confidence: np.ndarray | None = None, labelled: np.ndarray | None = None) -> dict:
     """Metrics for predictions and ground truth (N, K, 2) in the same pixels.
 
-    Images whose inter-ocular distance is zero cannot be normalised: they are left out and
-    counted in `excluded_zero_iod`. `per_image_nme` lists each image's NME_IOD in input order
-    (None for those left out).
+    Landmarks not `labelled` (N, K; COCO visibility 0) are left out of every figure and counted
+    in `unlabelled_landmarks`. Images whose inter-ocular distance is zero, or whose iod_pair is
+    not labelled, cannot be normalised: they are left out and counted (`excluded_zero_iod`,
+    `excluded_iod_unlabelled`). `per_image_nme` lists each image's NME_IOD in input order (None
+    for those left out).
     """
-    iod = np.linalg.norm(gt[:, iod_pair[0]] - gt[:, iod_pair[1]], axis=-1)
-    valid = iod > 1e-6
-    errors = np.linalg.norm(pred - gt, axis=-1)[valid] / iod[valid, None]  # (N, K) in IOD units
-    per_image = errors.mean(axis=1) * 100
-    if per_image.size == 0:
-        raise DataError("no image with a non-zero inter-ocular distance to evaluate")
+    labelled = np.ones(gt.shape[:2], dtype=bool) if labelled is None else labelled
+    offsets, valid, zero_iod = normalised_offsets(pred, gt, iod_pair, labelled)
+    if not valid.any():
+        raise DataError(f"no image has a usable inter-ocular distance (landmarks {iod_pair[0]} and "
+                        f"{iod_pair[1]} labelled and apart): NME_IOD cannot be computed")
+    offsets, scored = offsets[valid], labelled[valid]
+    errors = np.linalg.norm(offsets, axis=-1)  # (N', K), NaN where not labelled
+    per_image = np.nanmean(errors, axis=1) * 100
     thresholds = np.linspace(0, FAILURE_THRESHOLD, 1001)
     ced = (per_image[None, :] <= thresholds[:, None]).mean(axis=1)
     metrics = {
         "nme_iod": float(per_image.mean()),
         "num_images": int(valid.sum()),
-        "excluded_zero_iod": int((~valid).sum()),
+        "excluded_zero_iod": int(zero_iod.sum()),
+        "excluded_iod_unlabelled": int((~valid & ~zero_iod).sum()),
+        "unlabelled_landmarks": int((~scored).sum()),
         f"failure_rate_{FAILURE_THRESHOLD:g}": float((per_image > FAILURE_THRESHOLD).mean() * 100),
         f"auc_{FAILURE_THRESHOLD:g}": float((ced[1:] + ced[:-1]).mean() / 2 * 100),  # uniform steps
     }
     for t in PCK_THRESHOLDS:
-        metrics[f"pck_{t:g}"] = float((errors < t).mean() * 100)
+        metrics[f"pck_{t:g}"] = float((errors[scored] < t).mean() * 100)
     # a systematic offset (coordinate convention, labels that are not mirror-consistent) shows here
-    signed = (pred - gt)[valid] / iod[valid, None, None] * 100
-    metrics["mean_error_x"], metrics["mean_error_y"] = (float(v) for v in signed.mean(axis=(0, 1)))
+    metrics["mean_error_x"], metrics["mean_error_y"] = (float(v) for v in offsets[scored].mean(axis=0) * 100)
     if confidence is not None:  # does a low confidence flag a landmark that is off by more than 10 % IOD?
-        metrics["confidence_auroc_10"] = rank_auroc(-confidence[valid].ravel(), errors.ravel() > FAILURE_THRESHOLD / 100)
+        metrics["confidence_auroc_10"] = rank_auroc(-confidence[valid][scored], errors[scored] > FAILURE_THRESHOLD / 100)
     names = keypoint_names or [str(i) for i in range(gt.shape[1])]
-    metrics["per_landmark_nme"] = {n: float(e) for n, e in zip(names, errors.mean(axis=0) * 100)}
-    if regions:
-        metrics["per_region_nme"] = {r: float(errors[:, idx].mean() * 100) for r, idx in regions.items()}
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a landmark never labelled has no mean: None
+        metrics["per_landmark_nme"] = {n: float(e) for n, e in zip(names, np.nanmean(errors, axis=0) * 100)}
+        if regions:
+            metrics["per_region_nme"] = {r: float(np.nanmean(errors[:, idx]) * 100) for r, idx in regions.items()}
     per_image_all = np.full(len(gt), np.nan)
     per_image_all[valid] = per_image
     metrics["per_image_nme"] = [None if np.isnan(e) else float(e) for e in per_image_all]  # input order
     if boxes is not None:
-        box_side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[valid]
-        edges = np.quantile(box_side, [0, 1 / 3, 2 / 3, 1])
-        bins = np.clip(np.searchsorted(edges, box_side, side="right") - 1, 0, 2)
-        metrics["nme_by_box_size"] = {
-            f"{name} ({edges[i]:.0f}-{edges[i + 1]:.0f} px)": float(per_image[bins == i].mean())
-            for i, name in enumerate(("small", "medium", "large")) if (bins == i).any()
-        }
+        metrics["nme_by_box_size"] = nme_by_box_size(per_image, boxes[valid])
     return metrics
 
 
@@ -136,12 +158,11 @@ def evaluate(model: LandmarkModel, loader: DataLoader, device: torch.device,
     pred, confidence, unreadable = predict_dataset(model, loader, device, meta["flip_index"] if flip_test else None)
     pred, confidence, unreadable = gather_predictions(pred, confidence, unreadable)
     read = np.isfinite(pred).all(axis=(1, 2))
-    gt = np.stack([r["keypoints"] for r in dataset.records])[read]
-    boxes = np.stack([r["box"] for r in dataset.records])[read]
     if not read.any():
         raise DataError(f"none of the {len(dataset)} images could be read, e.g. {unreadable[0]}")
+    gt, boxes, labelled = (np.stack([r[key] for r in dataset.records])[read] for key in ("keypoints", "box", "labelled"))
     metrics = compute_metrics(pred[read], gt, meta["iod_pair"], boxes, meta["keypoints"], meta["regions"],
-                              confidence[read])
+                              confidence[read], labelled)
     metrics["unreadable_images"] = unreadable
     return metrics, pred
 
@@ -162,25 +183,30 @@ def format_summary(metrics: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLineParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
     parser.add_argument("--ann", required=True, help="COCO keypoints file to score against")
     parser.add_argument("--data-root", help="folder the annotation's file names are relative to "
                         "(default: the one recorded by the converter)")
-    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cuda, mps or cpu")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--meta", help="keypoint metadata JSON for a COCO file whose category lacks flip_index "
+                        "or iod_pair (the converter's --meta format)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="crops per forward pass")
+    parser.add_argument("--num-workers", type=non_negative_int, default=2, help="DataLoader worker processes")
     parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's prediction")
     parser.add_argument("--out", help="write all metrics to this JSON file")
-    parser.add_argument("--vis", type=int, default=0, metavar="N",
+    parser.add_argument("--vis", type=non_negative_int, default=0, metavar="N",
                         help="write ced.png and overlays of the N worst and N random images")
     parser.add_argument("--vis-dir", help="folder for --vis (default: vis/ beside --out or the checkpoint)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.vis and args.vis_dir is None:
+        args.vis_dir = str(Path(args.out or args.checkpoint).parent / "vis")
+    return args
 
 
 def write_pictures(args: argparse.Namespace, metrics: dict, dataset: LandmarkDataset, pred: np.ndarray) -> None:
     """--vis: the CED plot and overlays of the worst and of random images."""
-    vis_dir = Path(args.vis_dir) if args.vis_dir else Path(args.out or args.checkpoint).parent / "vis"
+    vis_dir = Path(args.vis_dir)
     label = Path(args.checkpoint).parent.name + (", flip test" if args.flip_test else "")
     plot_ced(metrics, FAILURE_THRESHOLD, vis_dir / "ced.png", label)
     per_image = np.full(len(dataset), np.nan)
@@ -192,9 +218,14 @@ def write_pictures(args: argparse.Namespace, metrics: dict, dataset: LandmarkDat
 @reports_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.out:
+        check_output_file(args.out, "--out")
+    if args.vis:
+        check_output_folder(args.vis_dir, "--vis-dir")
     device = pick_device(args.device)
     model, checkpoint, crop = load_landmark_model(args.checkpoint, map_location="cpu")
-    dataset = LandmarkDataset(args.ann, args.data_root, crop.input_size, padding=crop.box_padding)
+    dataset = LandmarkDataset(args.ann, args.data_root, crop.input_size, padding=crop.box_padding,
+                              meta_override=read_meta_file(args.meta) if args.meta else None)
     if dataset.meta["num_keypoints"] != model.config["num_keypoints"]:
         raise DataError(f"{args.ann}: has {dataset.meta['num_keypoints']} landmarks per face, the "
                         f"checkpoint {args.checkpoint} predicts {model.config['num_keypoints']}")
@@ -207,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {path}: cannot read image; left out of the metrics", file=sys.stderr)
     print(format_summary(metrics))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(metrics, indent=1))
+        write_json(args.out, metrics, indent=1)
         print(f"wrote {args.out}")
     if args.vis:
         write_pictures(args, metrics, dataset, pred)

@@ -7,6 +7,7 @@ says which process this is, and only rank 0 writes files.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from errors import DataError
+from errors import DataError, UsageError
 
 
 def seed_everything(seed: int) -> None:
@@ -30,14 +31,27 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu."""
+    """The torch device --device names: 'auto' picks cuda, then mps, then cpu. A device that is not
+    there, or a name that is no device, is refused in one line."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: not a device name (auto, cpu, cuda, cuda:N or mps)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is available here; use --device cpu (or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: Apple's MPS is not available here; use --device cpu (or auto)")
+    return device
 
 
 def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
@@ -62,6 +76,15 @@ def sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def broadcast_from_rank0(value):
+    """Rank 0's `value` on every DDP rank (the value itself in a single process)."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:
@@ -113,44 +136,98 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def check_writable(folder: Path, needed_bytes: int) -> None:
-    """Fail at start-up, not after an epoch, if `folder` cannot take `needed_bytes` of output."""
+def file_above(path: Path) -> Path | None:
+    """The first folder on `path`'s way up that exists as a file instead, if any."""
+    return next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+
+
+def check_output_folder(folder: str | Path, flag: str) -> Path:
+    """Create the output folder `flag` names, before any work: UsageError if it is a file, lies
+    under a file or cannot be written."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder}: is a file, not a folder")
+    if file_above(folder) is not None:
+        raise UsageError(f"{flag} {folder}: lies under a file ({file_above(folder)}), not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write_test"
+        probe = folder / f".write_test.{os.getpid()}"
         probe.write_bytes(b"\0" * 1024)
         probe.unlink()
-        free = shutil.disk_usage(folder).free
     except OSError as err:
-        raise DataError(f"{folder}: cannot write to the run folder ({err.strerror or err})") from None
+        raise UsageError(f"{flag} {folder}: cannot be written ({err.strerror or err})") from None
+    return folder
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """Make sure the file `flag` names can be written, before any work (its folder is created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; give a file name")
+    if file_above(path) is not None:
+        raise UsageError(f"{flag} {path}: lies under a file ({file_above(path)}), not a folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path}: cannot be written (no permission)")
+    check_output_folder(path.parent, flag)
+    return path
+
+
+def check_writable(folder: Path, needed_bytes: int) -> None:
+    """Fail at start-up, not after an epoch, if the run folder cannot take `needed_bytes`."""
+    check_output_folder(folder, "--work-dir")
+    free = shutil.disk_usage(folder).free
     if free < needed_bytes:
         raise DataError(f"{folder}: {free / 2**20:.0f} MB free, the checkpoints need about "
                         f"{needed_bytes / 2**20:.0f} MB; free some space or choose another --work-dir")
 
 
+def strict_json(value):
+    """`value` with every NaN or infinite float replaced by None, so that json.dumps writes strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
+
+
+def write_json(path: str | Path, value, indent: int | None = None) -> None:
+    """Strict JSON (NaN and infinities as null), written atomically."""
+    text = json.dumps(strict_json(value), indent=indent, allow_nan=False)
+    write_atomically(Path(path), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+
+
 class MetricsLog:
-    """A run's metrics.jsonl: one JSON object per finished epoch, appended as it finishes. After a
-    resume the epochs redone replace the lines a crash left behind."""
+    """A run's metrics.jsonl: one strict-JSON object per finished epoch, appended as it finishes.
+
+    A kill during an append can leave a torn last line; reading skips it, and a resume rewrites
+    the file from the records it keeps. After a resume the epochs redone replace the lines a
+    crash left behind."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
     def append(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
 
     def read(self) -> list[dict]:
-        """The records in epoch order, the last line of an epoch winning."""
+        """The records in epoch order, the last line of an epoch winning; lines that are not a
+        whole record (a torn append) are skipped."""
         records = {}
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
+            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
                     record = json.loads(line)
-                    records[record["epoch"]] = record
+                    records[int(record["epoch"])] = record
+                except (ValueError, KeyError, TypeError):
+                    continue
         return [records[epoch] for epoch in sorted(records)]
 
     def trim(self, last_epoch: int) -> None:
-        """Drop the lines of epochs after `last_epoch` (written before a crash, redone after resuming)."""
+        """Keep only whole records of epochs up to `last_epoch` (later ones were written before a
+        crash and are redone after resuming), rewriting the file atomically."""
         if self.path.exists():
-            kept = [record for record in self.read() if record["epoch"] <= last_epoch]
-            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+            text = "".join(json.dumps(r) + "\n" for r in self.read() if r["epoch"] <= last_epoch)
+            write_atomically(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

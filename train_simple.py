@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -34,73 +36,157 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from checkpoints import CHECKPOINT_FORMAT, LANDMARKS, TRAINING_STATE_KEYS, read_checkpoint, save_checkpoint
-from dataset import Augmentation, EpochSampler, LandmarkDataset, collate_readable
-from errors import CheckpointError, DataError, Interrupted, TrainingStopped, UserFacingError, reports_errors
+from dataset import Augmentation, EpochSampler, LandmarkDataset, collate_readable, read_meta_file
+from errors import (CheckpointError, CommandLineParser, DataError, Interrupted, TrainingStopped, UsageError,
+                    UserFacingError, fraction, multiple_of_32, non_negative_float, non_negative_int, number_type,
+                    positive_float, positive_int, reports_errors)
 from evaluate import evaluate
 from geometry import CropGeometry
 from model import LandmarkModel
-from run_utils import (MetricsLog, StopRequest, broadcast_buffers, check_writable, ignore_ctrl_c, seed_everything,
-                       setup_distributed, sum_across_ranks)
+from run_utils import (MetricsLog, StopRequest, broadcast_buffers, broadcast_from_rank0, check_output_folder,
+                       check_writable, ignore_ctrl_c, seed_everything, setup_distributed, sum_across_ranks)
 from visualize import plot_training_curves
 
 DEFAULT_ANN_ROOT = "data/dogflw/annotations"
 MIRROR_OFFSET_LR_MULT = 10.0
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+AUGMENTATION_LIMITS = {"scale": (0, 0.9), "rotation": (0, 180), "shift": (0, 1), "flip_prob": (0, 1),
+                       "color": (0, 0.9), "blur_prob": (0, 1), "noise_prob": (0, 1), "erase_prob": (0, 1)}
+AUGMENTATION_HELP = {"scale": "crop side times a factor in 1 +- this", "rotation": "degrees, uniform in +- this",
+                     "shift": "crop centre moved by up to this fraction of the crop side",
+                     "flip_prob": "horizontal mirror, landmarks reordered with flip_index",
+                     "color": "brightness, contrast and saturation factors in 1 +- this",
+                     "blur_prob": "Gaussian blur", "noise_prob": "Gaussian pixel noise",
+                     "erase_prob": "one random rectangle filled with noise"}
+# what --resume takes from the command line; every other setting comes from the resumed run
+RESUME_MAY_CHANGE = ("resume", "epochs", "work_dir", "data_root", "ann_root", "meta", "device", "num_workers",
+                     "crop_cache", "no_crop_cache", "compile", "max_nonfinite_steps", "max_unreadable")
+
+
+def build_parser() -> CommandLineParser:
+    parser = CommandLineParser(description=__doc__)
     data = parser.add_argument_group("data")
     data.add_argument("--data-root", help="dataset folder (default: the one the annotations record; "
                       "with no annotations yet, DogFLW is converted from here or downloaded)")
     data.add_argument("--ann-root", default=DEFAULT_ANN_ROOT,
                       help="folder with train.json and test.json (or val.json) from tools/convert_dogflw_to_coco.py")
-    data.add_argument("--input-size", type=int, default=256, help="crop side in pixels")
-    data.add_argument("--box-padding", type=float, default=1.25, help="crop side = box side x this")
-    data.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
+    data.add_argument("--meta", help="keypoint metadata JSON for COCO files whose category lacks flip_index or "
+                      "iod_pair (the converter's --meta format)")
+    data.add_argument("--input-size", type=multiple_of_32, default=256, help="crop side in pixels")
+    data.add_argument("--box-padding", type=positive_float, default=1.25, help="crop side = box side x this")
+    data.add_argument("--num-workers", type=non_negative_int, default=min(8, os.cpu_count() or 1),
+                      help="DataLoader worker processes (default: %(default)s: the cores, at most 8)")
     data.add_argument("--crop-cache", help="folder for the decoded face crops, reused across epochs and runs "
                       "(default: crop_cache beside the annotations)")
     data.add_argument("--no-crop-cache", action="store_true", help="decode every image at every epoch instead")
     aug = parser.add_argument_group("augmentation (0 switches a piece off)")
     for name, default in vars(Augmentation()).items():
-        aug.add_argument(f"--aug-{name.replace('_', '-')}", dest=f"aug_{name}", type=float, default=default)
+        aug.add_argument(f"--aug-{name.replace('_', '-')}", dest=f"aug_{name}", default=default,
+                         type=number_type(float, *AUGMENTATION_LIMITS[name]), help=AUGMENTATION_HELP[name])
     net = parser.add_argument_group("model")
     net.add_argument("--backbone", default="hrnet_w32", help="hrnet_w32, tf_efficientnetv2_s or any timm "
                      "model with features_only")
-    net.add_argument("--neck-channels", type=int, default=64, help="width of the FPN and heatmap head")
+    net.add_argument("--neck-channels", type=positive_int, default=64, help="width of the FPN and heatmap head")
     net.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights")
     net.add_argument("--pretrained-path", help="local backbone state dict instead of downloading")
     loss = parser.add_argument_group("loss")
-    loss.add_argument("--sigma", type=float, default=2.0, help="Gaussian target sigma in heatmap pixels")
-    loss.add_argument("--heatmap-loss-weight", type=float, default=1.0)
-    loss.add_argument("--coord-loss-weight", type=float, default=1.0, help="L1 on soft-argmax coordinates")
+    loss.add_argument("--sigma", type=positive_float, default=2.0, help="Gaussian target sigma in heatmap pixels")
+    loss.add_argument("--heatmap-loss-weight", type=non_negative_float, default=1.0,
+                      help="MSE against Gaussian heatmap targets")
+    loss.add_argument("--coord-loss-weight", type=non_negative_float, default=1.0,
+                      help="L1 on soft-argmax coordinates")
     loss.add_argument("--keypoint-weights", help="JSON file with one weight per landmark for both losses "
                       "(default: the annotations' keypoint_weights, else all 1)")
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=210)
-    opt.add_argument("--batch-size", type=int, default=32, help="per process under torchrun")
-    opt.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate of the head")
-    opt.add_argument("--backbone-lr-mult", type=float, default=0.1,
+    opt.add_argument("--epochs", type=positive_int, default=210, help="epochs of the whole run (days of CPU for "
+                     "hrnet_w32 at 256: use a GPU, or --backbone resnet18 --input-size 128 --epochs 20)")
+    opt.add_argument("--batch-size", type=positive_int, default=32, help="per process under torchrun")
+    opt.add_argument("--lr", type=positive_float, default=1e-3, help="peak AdamW learning rate of the head")
+    opt.add_argument("--backbone-lr-mult", type=non_negative_float, default=0.1,
                      help="backbone learning rate = lr x this when it starts from pretrained weights")
-    opt.add_argument("--weight-decay", type=float, default=1e-4)
-    opt.add_argument("--warmup-epochs", type=float, default=1.0)
-    opt.add_argument("--ema-decay", type=float, default=0.999, help="EMA of weights for validation and "
-                     "best.pth; 0 turns it off")
-    run = parser.add_argument_group("run")
-    run.add_argument("--work-dir", help="run folder (default: work_dirs/<backbone>_<input-size>)")
-    run.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cuda, mps or cpu")
-    run.add_argument("--resume", help="last.pth to continue from (backbone, input size and crop "
-                     "padding come from it)")
+    opt.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay (not on "
+                     "norms, biases and the mirror offset)")
+    opt.add_argument("--warmup-epochs", type=non_negative_float, default=1.0, help="linear warm-up before the cosine "
+                     "decay")
+    opt.add_argument("--ema-decay", type=number_type(float, 0, 1, high_open=True), default=0.999,
+                     help="EMA of weights for validation and best.pth; 0 turns it off")
+    add_run_flags(parser.add_argument_group("run"))
+    return parser
+
+
+def add_run_flags(run: argparse._ArgumentGroup) -> None:
+    """The flags of where and how the run goes, as opposed to what it trains."""
+    run.add_argument("--work-dir", help="run folder (default: work_dirs/<backbone>_<input-size>, or -2, -3, ... "
+                     "when that holds an earlier run; with --resume, the checkpoint's folder)")
+    run.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
+    run.add_argument("--resume", help="last.pth to continue from: the run goes on with its own settings; "
+                     f"of the other flags only {', '.join('--' + f.replace('_', '-') for f in RESUME_MAY_CHANGE[1:])} "
+                     "are taken from this command line")
     run.add_argument("--compile", action="store_true", help="torch.compile the training forward pass "
                      "(minutes of compiling first; pays off on long GPU runs)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--max-nonfinite-steps", type=int, default=20,
+    run.add_argument("--seed", type=int, default=0, help="fixes initialisation, shuffle and augmentation")
+    run.add_argument("--max-nonfinite-steps", type=positive_int, default=20,
                      help="stop after this many steps in a row with a non-finite loss or gradient")
-    run.add_argument("--max-unreadable", type=float, default=0.02,
+    run.add_argument("--max-unreadable", type=fraction, default=0.02,
                      help="stop when more than this fraction of an epoch's images cannot be read")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The run's settings: the command line, or with --resume the resumed run's own settings, with
+    only the flags of RESUME_MAY_CHANGE taken from the command line."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.work_dir is None:
-        args.work_dir = str(Path(args.resume).parent) if args.resume else f"work_dirs/{args.backbone}_{args.input_size}"
+    if args.coord_loss_weight == 0 and args.heatmap_loss_weight == 0:
+        parser.error("--heatmap-loss-weight and --coord-loss-weight are both 0: nothing would be learned")
+    if args.resume:
+        args = resumed_settings(parser, argv, args)
     return args
+
+
+def resumed_settings(parser: CommandLineParser, argv: list[str] | None, args: argparse.Namespace
+                     ) -> argparse.Namespace:
+    """The settings of the run --resume names, with the flags a resume may change taken from the
+    command line; a flag that contradicts the run is refused."""
+    saved = read_checkpoint(args.resume, LANDMARKS, mmap=True).get("args") or {}
+    unset = object()
+    probe = parser.parse_args(argv, argparse.Namespace(**{dest: unset for dest in vars(args)}))
+    given = {dest for dest, value in vars(probe).items() if value is not unset}
+    defaults = vars(parser.parse_args([]))
+    for dest in sorted(given - set(RESUME_MAY_CHANGE)):
+        if getattr(args, dest) != saved.get(dest, defaults[dest]):
+            flag = "--" + dest.replace("_", "-")
+            raise UsageError(f"{flag} {getattr(args, dest)}: the run being resumed has {saved.get(dest, defaults[dest])}; "
+                             f"--resume continues a run with its own settings (leave {flag} out, or start a new "
+                             "run in another --work-dir)")
+    settings = {**defaults, **{k: v for k, v in saved.items() if k in defaults}}
+    settings.update({dest: getattr(args, dest) for dest in given & set(RESUME_MAY_CHANGE)})
+    settings["work_dir"] = args.work_dir or str(Path(args.resume).parent)
+    return argparse.Namespace(**settings)
+
+
+def holds_a_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in ("last.pth", "best.pth", "metrics.jsonl"))
+
+
+def choose_work_dir(args: argparse.Namespace) -> str:
+    """The run folder: --work-dir (refused if it holds another run, unless resuming it), else
+    work_dirs/<backbone>_<size>, or the first of -2, -3, ... that holds no run: never overwrite one."""
+    if args.resume:
+        return args.work_dir
+    if args.work_dir is not None:
+        if holds_a_run(Path(args.work_dir)):
+            raise UsageError(f"--work-dir {args.work_dir}: holds a run already; continue it with --resume "
+                             f"{Path(args.work_dir) / 'last.pth'}, or choose another folder")
+        return args.work_dir
+    base = folder = Path(f"work_dirs/{args.backbone}_{args.input_size}")
+    for n in itertools.count(2):
+        if not holds_a_run(folder):
+            break
+        folder = base.with_name(f"{base.name}-{n}")
+    if folder != base:
+        print(f"{base} holds an earlier run; this one goes to {folder}")
+    return str(folder)
 
 
 def prepare_annotations(ann_root: Path, data_root: str | None) -> tuple[Path, Path]:
@@ -232,17 +318,50 @@ def checkpoint_bytes(model: LandmarkModel) -> int:
 
 
 def read_resume_checkpoint(args: argparse.Namespace) -> dict:
-    """The training checkpoint `--resume` names; the model and its crops are defined by it, not
-    by this command line."""
+    """The training checkpoint --resume names (parse_args took the run's settings from it)."""
     checkpoint = read_checkpoint(args.resume, LANDMARKS)
     missing = [k for k in TRAINING_STATE_KEYS if k not in checkpoint]
     if missing:
-        raise CheckpointError(f"{args.resume}: not a training checkpoint of train_simple.py "
-                              f"(no {', '.join(missing)})")
-    config, crop = checkpoint["model_config"], checkpoint["crop"]
-    args.backbone, args.neck_channels, args.sigma = config["backbone"], config["neck_channels"], config["sigma"]
-    args.input_size, args.box_padding = crop["input_size"], crop["box_padding"]
+        raise CheckpointError(f"{args.resume}: not a training checkpoint of train_simple.py (no "
+                              f"{', '.join(missing)}); resume from a run's last.pth (best.pth holds the "
+                              "inference weights only)")
+    if args.epochs <= checkpoint["epoch"]:
+        raise UsageError(f"--epochs {args.epochs}: the run has finished {checkpoint['epoch']} epochs already; "
+                         "give a larger --epochs to train longer")
     return checkpoint
+
+
+def load_datasets(args: argparse.Namespace, world_size: int) -> tuple[LandmarkDataset, LandmarkDataset]:
+    """The annotations (converted first if missing) as training and validation sets, checked before
+    any image is decoded: the same landmarks in both, a batch per process, and validation images
+    that NME_IOD can score."""
+    train_ann, val_ann = prepare_annotations(Path(args.ann_root), args.data_root)
+    meta = read_meta_file(args.meta) if args.meta else None
+    augmentation = Augmentation(**{f: getattr(args, f"aug_{f}") for f in vars(Augmentation())})
+    train_set = LandmarkDataset(train_ann, args.data_root, args.input_size, args.box_padding, augmentation,
+                                seed=args.seed, meta_override=meta)
+    val_set = LandmarkDataset(val_ann, args.data_root, args.input_size, args.box_padding, meta_override=meta)
+    if val_set.meta["num_keypoints"] != train_set.meta["num_keypoints"]:
+        raise DataError(f"{val_ann}: {val_set.meta['num_keypoints']} landmarks, "
+                        f"{train_ann}: {train_set.meta['num_keypoints']}")
+    if len(train_set) < args.batch_size * world_size:
+        raise DataError(f"{train_ann}: {len(train_set)} images, fewer than one batch of {args.batch_size} "
+                        f"per process")
+    first, second = val_set.meta["iod_pair"]
+    if not any(r["labelled"][[first, second]].all() and np.linalg.norm(r["keypoints"][first] - r["keypoints"][second])
+               > 1e-6 for r in val_set.records):
+        raise DataError(f"{val_ann}: no image has a usable inter-ocular distance (landmarks {first} and {second} "
+                        "labelled and apart), so NME_IOD cannot score it")
+    return train_set, val_set
+
+
+def check_same_annotations(checkpoint: dict, train_set: LandmarkDataset, val_set: LandmarkDataset) -> None:
+    """Refuse to resume a run on annotations other than its own (same landmarks or not)."""
+    for name, dataset in (("train", train_set), ("val", val_set)):
+        saved = (checkpoint.get("annotations") or {}).get(name)
+        if saved is not None and saved != dataset.annotation_digest():
+            raise DataError(f"{dataset.ann_file}: not the annotations the run being resumed was trained on (the "
+                            "file has changed, or --ann-root names another); --resume continues a run on its own data")
 
 
 @dataclass
@@ -267,24 +386,16 @@ def use_crop_caches(datasets: list[LandmarkDataset], cache_dir: str | Path, rank
             dataset.use_cache(cache_dir, build=False)
 
 
-def build_data(args: argparse.Namespace, rank: int, world_size: int, device: torch.device) -> Data:
-    """The annotations (converted first if missing), datasets, crop caches and loaders; each rank
-    trains on its share of every epoch and validates on its share of the validation set."""
-    train_ann, val_ann = prepare_annotations(Path(args.ann_root), args.data_root)
-    augmentation = Augmentation(**{f: getattr(args, f"aug_{f}") for f in vars(Augmentation())})
-    train_set = LandmarkDataset(train_ann, args.data_root, args.input_size, args.box_padding, augmentation,
-                                seed=args.seed)
-    val_set = LandmarkDataset(val_ann, args.data_root, args.input_size, args.box_padding)
-    if val_set.meta["num_keypoints"] != train_set.meta["num_keypoints"]:
-        raise DataError(f"{val_ann}: {val_set.meta['num_keypoints']} landmarks, "
-                        f"{train_ann}: {train_set.meta['num_keypoints']}")
+def build_loaders(args: argparse.Namespace, train_set: LandmarkDataset, val_set: LandmarkDataset, rank: int,
+                  world_size: int, device: torch.device) -> Data:
+    """The crop caches and loaders: each rank trains on its share of every epoch and validates on its
+    share of the validation set."""
     if not args.no_crop_cache:
-        use_crop_caches([train_set, val_set], args.crop_cache or default_cache_dir(train_ann), rank, world_size,
-                        args.num_workers)
+        cache_dir = args.crop_cache or default_cache_dir(train_set.ann_file)
+        if rank == 0:
+            check_output_folder(cache_dir, "--crop-cache")
+        use_crop_caches([train_set, val_set], cache_dir, rank, world_size, args.num_workers)
     sampler = EpochSampler(len(train_set), args.batch_size, args.seed, rank, world_size)
-    if sampler.batches_per_epoch == 0:
-        raise DataError(f"{train_ann}: {len(train_set)} images, fewer than one batch of {args.batch_size} "
-                        f"per process")
     workers = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
                    worker_init_fn=ignore_ctrl_c, pin_memory=device.type == "cuda", collate_fn=collate_readable)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **workers)
@@ -310,6 +421,7 @@ class Run:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     memory_format: torch.memory_format
+    annotations: dict[str, str] = field(default_factory=dict)  # digest of each annotation file
     best_nme: float = math.inf
     metrics: dict | None = None  # the last validation's
     bad_steps: int = 0  # non-finite steps in a row
@@ -339,18 +451,23 @@ class Run:
         if self.is_main:
             print(message)
 
-    def state(self, epoch: int, next_batch: int = 0) -> dict:
-        """The checkpoint (checkpoints.py): the inference model, its crops and metadata, and the
-        training state. `epoch` is the last finished epoch; `next_batch` > 0 means epoch + 1
-        stopped after that many batches."""
-        model = self.model
+    def inference_state(self, epoch: int) -> dict:
+        """best.pth (checkpoints.py): the inference model, its crops and metadata, and where the
+        run stood; enough for evaluation, prediction and export."""
         return {
-            "format": CHECKPOINT_FORMAT, "kind": LANDMARKS, "model_config": model.config,
-            "model": self.eval_model.state_dict(), "train_model": model.state_dict(),
-            "crop": asdict(CropGeometry(self.args.input_size, self.args.box_padding)), "keypoint_meta": self.meta,
-            "epoch": epoch, "next_batch": next_batch, "best_nme": self.best_nme, "metrics": self.metrics,
+            "format": CHECKPOINT_FORMAT, "kind": LANDMARKS, "model_config": self.model.config,
+            "model": self.eval_model.state_dict(), "crop": asdict(CropGeometry(self.args.input_size, self.args.box_padding)),
+            "keypoint_meta": self.meta, "epoch": epoch, "best_nme": self.best_nme, "metrics": self.metrics,
+            "args": vars(self.args), "annotations": self.annotations,
+        }
+
+    def training_state(self, epoch: int, next_batch: int = 0) -> dict:
+        """last.pth: the inference state and everything a resume needs. `epoch` is the last finished
+        epoch; `next_batch` > 0 means epoch + 1 stopped after that many batches."""
+        return {
+            **self.inference_state(epoch), "train_model": self.model.state_dict(), "next_batch": next_batch,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "args": vars(self.args), "torch_rng": torch.get_rng_state(),
+            "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
@@ -402,6 +519,12 @@ def restore(run: Run, checkpoint: dict) -> tuple[int, int]:
         torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
     run.best_nme, run.metrics = checkpoint["best_nme"], checkpoint["metrics"]
     epoch, next_batch = checkpoint["epoch"], checkpoint.get("next_batch", 0)
+    planned = (checkpoint.get("args") or {}).get("epochs", run.args.epochs)
+    if planned != run.args.epochs:  # the schedule's lambda is this run's; its place is the checkpoint's
+        factor = run.scheduler.lr_lambdas[0](run.scheduler.last_epoch)
+        run.log(f"--epochs {run.args.epochs}: the run was planned for {planned}, so its warm-up + cosine schedule "
+                f"is stretched to {run.args.epochs} epochs and the learning rate goes from "
+                f"{run.scheduler.get_last_lr()[0]:.2e} to {run.scheduler.base_lrs[0] * factor:.2e} now")
     if run.is_main:
         MetricsLog(run.work_dir / "metrics.jsonl").trim(epoch)
     run.log(f"resumed from {run.args.resume} at epoch {epoch}" + (f" + {next_batch} batches" if next_batch else "")
@@ -427,11 +550,12 @@ def train_step(run: Run, batch: dict, stop_requested: bool = False) -> StepResul
     images = batch["image"].to(run.device, non_blocking=True).float().contiguous(memory_format=run.memory_format)
     keypoints = batch["keypoints"].to(run.device, non_blocking=True)
     mirrored = batch["mirrored"].to(run.device, non_blocking=True)
+    labelled = batch["labelled"].to(run.device, non_blocking=True)
     copy_tensors(run.buffers_before_step, run.buffers)
     with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
         logits = run.forward(images)
     loss, parts = run.model.codec.loss(logits, keypoints, mirrored, run.args.heatmap_loss_weight,
-                                       run.args.coord_loss_weight, run.keypoint_weights)
+                                       run.args.coord_loss_weight, run.keypoint_weights, labelled)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.unscale_(run.optimizer)
@@ -543,9 +667,9 @@ def finish_epoch(run: Run, data: Data, epoch: int, trained: EpochResult) -> None
     run.best_nme = min(run.best_nme, run.metrics["nme_iod"])
     if run.is_main:
         MetricsLog(run.work_dir / "metrics.jsonl").append(record)
-        save_checkpoint(run.state(epoch), run.work_dir / "last.pth")
+        save_checkpoint(run.training_state(epoch), run.work_dir / "last.pth")
         if improved:
-            save_checkpoint(run.state(epoch), run.work_dir / "best.pth")
+            save_checkpoint(run.inference_state(epoch), run.work_dir / "best.pth")
     skipped = f", {len(trained.unreadable)} unreadable images skipped" if trained.unreadable else ""
     run.log(f"epoch {epoch}: loss {record['train_loss']:.4f}, val NME_IOD {run.metrics['nme_iod']:.3f} "
             f"(best {run.best_nme:.3f}), {trained.images_per_s:.0f} img/s, {record['epoch_time_s']:.0f} s{skipped}")
@@ -553,36 +677,50 @@ def finish_epoch(run: Run, data: Data, epoch: int, trained: EpochResult) -> None
         run.log(f"warning: {path}: cannot read image; skipped")
 
 
-def train(args: argparse.Namespace) -> float:
-    """The whole run; returns the best validation NME_IOD. Under torchrun every rank trains on its
-    share of each epoch; rank 0 alone prints, writes metrics.jsonl and saves checkpoints."""
+def set_up(args: argparse.Namespace) -> tuple[Run, Data, tuple[int, int]]:
+    """Everything before the first step, ordered so that a mistake is refused before slow work:
+    device and run folder, annotations, model (and backbone weights), disk space, keypoint
+    weights, crop caches and loaders, optimiser, and a resumed run's state. Returns the run, its
+    data and the (epoch, batch) to start from."""
     seed_everything(args.seed)
     rank, world_size, device = setup_distributed(args.device)
     checkpoint = read_resume_checkpoint(args) if args.resume else None
-    data = build_data(args, rank, world_size, device)
-    meta = data.train_set.meta
+    args.work_dir = broadcast_from_rank0(choose_work_dir(args) if rank == 0 else None)
+    train_set, val_set = load_datasets(args, world_size)
+    meta = train_set.meta
     model = create_model(args, meta["num_keypoints"], checkpoint)
+    if checkpoint is not None:
+        check_same_annotations(checkpoint, train_set, val_set)
+    if rank == 0:
+        check_writable(Path(args.work_dir), checkpoint_bytes(model))
     keypoint_weights = load_keypoint_weights(args.keypoint_weights, meta)
+    data = build_loaders(args, train_set, val_set, rank, world_size, device)
     run = build_run(args, model, meta, keypoint_weights, data.sampler.batches_per_epoch, device, rank, world_size)
-    if run.is_main:
-        check_writable(run.work_dir, checkpoint_bytes(run.model))
-    start_epoch, start_batch = restore(run, checkpoint) if checkpoint is not None else (1, 0)
-    run.log(f"{len(data.train_set)} train / {len(data.val_set)} val images, {meta['num_keypoints']} landmarks; "
+    run.annotations = {"train": train_set.annotation_digest(), "val": val_set.annotation_digest()}
+    start = restore(run, checkpoint) if checkpoint is not None else (1, 0)
+    run.log(f"{len(train_set)} train / {len(val_set)} val images, {meta['num_keypoints']} landmarks; "
             f"{args.backbone} at {args.input_size} on {device}"
             + (f" x {world_size} processes" if world_size > 1 else "") + f"; run folder {run.work_dir}")
+    return run, data, start
+
+
+def train(args: argparse.Namespace) -> float:
+    """The whole run; returns the best validation NME_IOD. Under torchrun every rank trains on its
+    share of each epoch; rank 0 alone prints, writes metrics.jsonl and saves checkpoints."""
+    run, data, (start_epoch, start_batch) = set_up(args)
     try:
         with StopRequest() as stop:
             for epoch in range(start_epoch, args.epochs + 1):
                 trained = train_epoch(run, data, epoch, start_batch, stop)
                 start_batch = 0
                 finish_epoch(run, data, epoch, trained)
-                if sum_across_ranks([float(stop.signal_name is not None)], device)[0] > 0:
+                if sum_across_ranks([float(stop.signal_name is not None)], run.device)[0] > 0:
                     raise RunHalted(Interrupted(
                         f"{stop.signal_name or 'a stop request'}: saved {run.work_dir / 'last.pth'} after epoch "
                         f"{epoch}; continue with --resume {run.work_dir / 'last.pth'}"), epoch, 0)
     except RunHalted as halt:
         if run.is_main:
-            save_checkpoint(run.state(halt.epoch, halt.next_batch), run.work_dir / "last.pth")
+            save_checkpoint(run.training_state(halt.epoch, halt.next_batch), run.work_dir / "last.pth")
         raise halt.error from None
     if run.is_main and (run.work_dir / "metrics.jsonl").exists():
         plot_training_curves(run.work_dir / "metrics.jsonl", run.work_dir / "curves.png")

@@ -40,7 +40,8 @@ def as_format_1(checkpoint: dict) -> dict:
     old["args"] = {**checkpoint["args"], "box_padding": checkpoint["crop"]["box_padding"],
                    "sigma": checkpoint["model_config"]["sigma"]}
     for key in ("model", "train_model"):
-        old[key] = {name.removeprefix("codec."): value for name, value in checkpoint[key].items()}
+        if key in checkpoint:
+            old[key] = {name.removeprefix("codec."): value for name, value in checkpoint[key].items()}
     return old
 
 

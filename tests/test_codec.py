@@ -95,3 +95,18 @@ def test_keypoint_weights_scale_each_landmarks_loss():
     _, skewed = codec.loss(logits, keypoints, NOT_MIRRORED, 1.0, 1.0, torch.tensor([0.5, 1.5]))
     assert float(skewed["heatmap"]) == pytest.approx(1.5 * float(even["heatmap"]), rel=1e-5)
     assert float(skewed["coord"]) == pytest.approx(1.5 * float(even["coord"]), rel=0.05)
+
+
+def test_unlabelled_landmarks_get_no_loss_wherever_their_coordinates_are():
+    codec = HeatmapCodec(3)
+    keypoints = torch.tensor([[[10.0, 20.0], [30.5, 40.25], [36.0, 12.0]]])
+    logits = heatmap_targets(input_to_heatmap(keypoints, HEATMAP_STRIDE), 16, 16, 2.0)
+    labelled = torch.tensor([[True, True, False]])
+    _, exact = codec.loss(logits, keypoints, NOT_MIRRORED, 1.0, 1.0, labelled=labelled)
+    moved = keypoints.clone()
+    moved[0, 2] = torch.tensor([0.0, 0.0])  # COCO stores an unlabelled landmark as 0, 0, 0
+    _, unlabelled_moved = codec.loss(logits, moved, NOT_MIRRORED, 1.0, 1.0, labelled=labelled)
+    _, labelled_moved = codec.loss(logits, moved, NOT_MIRRORED, 1.0, 1.0)
+    assert float(unlabelled_moved["heatmap"]) == pytest.approx(float(exact["heatmap"]), abs=1e-7)
+    assert float(unlabelled_moved["coord"]) == pytest.approx(float(exact["coord"]), abs=1e-6)
+    assert labelled_moved["coord"] > exact["coord"] + 1 and labelled_moved["heatmap"] > exact["heatmap"] + 0.1

@@ -1,9 +1,14 @@
 import json
+import pathlib
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from conftest import SMALL_META, make_faces, run_cli
+from conftest import SMALL_META, make_faces, palette, run_cli
+from dataset import LandmarkDataset
 from tools import convert_dogflw_to_coco as convert_mod
+from errors import DataError
 from tools.convert_dogflw_to_coco import DOGFLW_META, LabelError, convert
 
 
@@ -49,8 +54,6 @@ BAD_LABELS = {
     "wrong point count": ({"landmarks": [[1, 2]] * 45, "bounding_boxes": ["0", "0", "9", "9"]}, "has 45 landmarks"),
     "nan value": ({"landmarks": [[1, 2]] * 45 + [["nan", 2]], "bounding_boxes": [0, 0, 9, 9]}, "not finite"),
     "text value": ({"landmarks": [[1, 2]] * 45 + [["a", 2]], "bounding_boxes": [0, 0, 9, 9]}, "not a number"),
-    "3-value box": ({"landmarks": [[1, 2]] * 46, "bounding_boxes": [0, 0, 9]}, "not 4 values"),
-    "inverted box": ({"landmarks": [[1, 2]] * 46, "bounding_boxes": ["9", "0", "1", "9"]}, "x2 <= x1"),
     "no landmarks": ({"bounding_boxes": [0, 0, 9, 9]}, "no 'landmarks'"),
 }
 
@@ -94,12 +97,13 @@ def test_strict_exits_non_zero_and_writes_nothing(root, tmp_path):
 
 
 def test_write_failure_leaves_no_partial_file(root, tmp_path, monkeypatch):
-    def explode(data, f):
-        f.write('{"images": [')
-        raise OSError("disk full")
-    monkeypatch.setattr(convert_mod.json, "dump", explode)
-    with pytest.raises(OSError):
+    def explode(path, text, encoding=None):
+        open(path, "w").write(text[:20])
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(pathlib.Path, "write_text", explode)
+    with pytest.raises(DataError, match="test.json: cannot write it .No space left on device"):
         convert(root, tmp_path / "ann", DOGFLW_META)
+    monkeypatch.undo()
     assert list((tmp_path / "ann").iterdir()) == []
 
 
@@ -165,10 +169,12 @@ def test_fuzzed_labels_are_skipped_with_a_reason_never_a_traceback(tmp_path, cap
     fuzzed = [label_path(root, "train", n) for n in range(4, 64)]
     for path in fuzzed:
         path.write_bytes(fuzzed_label(json.loads(path.read_text()), rng))
-    assert convert(root, tmp_path / "ann", SMALL_META) == {"train": 4, "test": 2}
+    counts = convert(root, tmp_path / "ann", SMALL_META)
     problems = capsys.readouterr().err.strip().splitlines()
     assert sorted(line.split(": ")[0] for line in problems) == sorted(str(p) for p in fuzzed)
-    assert len(json.loads((tmp_path / "ann" / "train.json").read_text())["annotations"]) == 4
+    repaired = sum("repaired from the landmarks" in line for line in problems)  # a broken box: kept, repaired
+    assert repaired > 0 and counts == {"train": 4 + repaired, "test": 2}
+    assert len(json.loads((tmp_path / "ann" / "train.json").read_text())["annotations"]) == 4 + repaired
 
     out = tmp_path / "strict"
     code = convert_mod.main(["--dogflw_root", str(root), "--meta", str(write_meta(tmp_path, SMALL_META)),
@@ -206,3 +212,80 @@ def test_bad_meta_file_is_refused_before_converting(root, tmp_path, capsys, chan
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and message in err[0] and str(meta) in err[0]
     assert not (tmp_path / "ann").exists()
+
+
+def test_visibility_is_kept_from_triples_or_a_visibility_list(tmp_path):
+    root = make_faces(tmp_path / "toy", {"train": 3, "val": 1}, SMALL_META)
+    for n, style in ((0, "triples"), (1, "list")):
+        path = label_path(root, "train", n)
+        label = json.loads(path.read_text())
+        flags = [2, 2, 0, 1, 2, 2, 2, 2]
+        if style == "triples":
+            label["landmarks"] = [[x, y, f] if f else [None, None, 0] for (x, y), f in zip(label["landmarks"], flags)]
+        else:
+            label["visibility"] = flags
+        path.write_text(json.dumps(label))
+    convert(root, tmp_path / "ann", SMALL_META)
+    annotations = json.loads((tmp_path / "ann" / "train.json").read_text())["annotations"]
+    for annotation in annotations[:2]:
+        assert annotation["keypoints"][2::3] == [2, 2, 0, 1, 2, 2, 2, 2] and annotation["keypoints"][6:8] == [0, 0]
+        assert annotation["num_keypoints"] == 7
+    assert annotations[2]["keypoints"][2::3] == [2] * 8
+
+
+def test_an_exif_rotated_jpeg_is_measured_as_displayed_and_cropped_upright(tmp_path):
+    """Labels are in the image as displayed. The converter checks them against the displayed size
+    (not the stored one), and the crop shows each landmark's disc under it."""
+    root = make_faces(tmp_path / "toy", {"train": 2, "val": 1}, SMALL_META, image_size=96)
+    image_path = root / "train" / "images" / "train_0000.png"
+    upright = np.asarray(Image.open(image_path).convert("RGB"))
+    upright = np.concatenate([upright, np.zeros((64, 96, 3), np.uint8)])  # 96 wide, 160 tall as displayed
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6  # stored turned a quarter left; displayed turned back
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright))).save(root / "train" / "images" / "train_0000.jpg",
+                                                                  exif=exif, quality=98)
+    image_path.unlink()
+    convert(root, tmp_path / "ann", SMALL_META)
+    coco = json.loads((tmp_path / "ann" / "train.json").read_text())
+    assert (coco["images"][0]["width"], coco["images"][0]["height"]) == (96, 160)
+    sample = LandmarkDataset(tmp_path / "ann" / "train.json", None, 96)[0]
+    colours = palette(SMALL_META["flip_index"])
+    crop = sample["image"].permute(1, 2, 0).numpy().astype(int)
+    for i, (x, y) in enumerate(sample["keypoints"].numpy()):
+        assert np.abs(crop[round(y), round(x)] - colours[min(i, SMALL_META["flip_index"][i])]).max() <= 40, i
+
+
+@pytest.mark.parametrize("box, problem", [
+    ([0, 0, 9], "box is not 4 values"),
+    (["a", 0, 9, 9], "box is not a number"),
+    ([0, 0, 0, 50], "box has zero size"),
+    (["80", "70", "10", "5"], None),  # inverted corners: put in order, and it fits the face
+    ([500, 500, 600, 600], "lies outside the 96x96 image"),
+    ([0, 0, 20, 20], "misses the face (0 of 46 landmarks in it)"),
+])
+def test_a_box_that_cannot_be_trusted_is_repaired_from_the_landmarks(root, tmp_path, capsys, box, problem):
+    path = label_path(root, "test", 1)
+    label = json.loads(path.read_text())
+    good = [float(v) for v in label["bounding_boxes"]]
+    if problem is None:
+        box = [good[2], good[3], good[0], good[1]]
+    label["bounding_boxes"] = box
+    path.write_text(json.dumps(label))
+    assert convert(root, tmp_path / "ann", DOGFLW_META)["test"] == 3  # the test split keeps every image
+    err = capsys.readouterr().err
+    bbox = json.loads((tmp_path / "ann" / "test.json").read_text())["annotations"][1]["bbox"]
+    x1, y1, w, h = bbox
+    if problem is None:
+        assert err == "" and [x1, y1, x1 + w, y1 + h] == pytest.approx(good)
+    else:
+        assert f"{path}: " in err and problem in err and "repaired from the landmarks" in err
+        # padded around the landmarks as the split's good boxes are (make_faces pads by 10 % of the face)
+        assert [x1, y1, x1 + w, y1 + h] == pytest.approx(good, abs=2.0)
+
+
+def test_one_problem_shared_by_many_files_is_summarised(tmp_path, capsys):
+    root = make_faces(tmp_path / "faces68_like", {"train": 30, "val": 2}, SMALL_META)
+    with pytest.raises(LabelError, match="no usable image; nothing written .*--meta"):
+        convert(root, tmp_path / "ann", DOGFLW_META)  # 8 landmarks per label, DogFLW has 46
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and err[3] == "... and 29 more files: has 8 landmarks, expected 46"  # 32 labels

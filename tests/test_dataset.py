@@ -6,12 +6,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import SMALL_META, make_faces, palette
 from torch.utils.data import DataLoader
 
 from dataset import (Augmentation, DataError, EpochSampler, LandmarkDataset, collate_readable, colour_matrix,
-                     load_coco, validate_keypoint_meta)
+                     load_coco, read_image, read_meta_file, validate_keypoint_meta)
 from geometry import apply_affine, box_to_center_size, crop_affine, invert_affine
 from tools.convert_dogflw_to_coco import convert
 
@@ -221,3 +222,84 @@ def test_epoch_sampler_shards_and_skips_deterministically():
     assert [i for i, _ in sampler] != [i for i, _ in full]
     ranks = [list(EpochSampler(21, 2, seed=3, rank=r, world_size=2)) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 10 and not {i for i, _ in ranks[0]} & {i for i, _ in ranks[1]}
+
+
+def coco_copy(ann_file, tmp_path, change):
+    """A copy of a COCO file with `change(coco)` applied."""
+    coco = json.loads(ann_file.read_text())
+    change(coco)
+    path = tmp_path / "changed.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_coco_visibility_is_carried_through_crop_and_flip(toy_ann, tmp_path):
+    def hide(coco):
+        coco["annotations"][0]["keypoints"][0:3] = [0, 0, 0]  # eye_l not labelled
+    path = coco_copy(toy_ann, tmp_path, hide)
+    records, _, _ = load_coco(path)
+    assert records[0]["labelled"].tolist() == [False] + [True] * 7 and records[1]["labelled"].all()
+    plain = LandmarkDataset(path, toy_ann.parents[1], 64)[0]
+    flipped = LandmarkDataset(path, toy_ann.parents[1], 64,
+                              augmentation=Augmentation(flip_prob=1, color=0, blur_prob=0, noise_prob=0, erase_prob=0))
+    assert plain["labelled"].tolist() == [False] + [True] * 7
+    assert flipped[(0, 1)]["labelled"].tolist() == [True, False] + [True] * 6  # eye_l is eye_r's mirror
+    batch = collate_readable([plain, LandmarkDataset(path, toy_ann.parents[1], 64)[1]])
+    assert batch["labelled"].shape == (2, 8) and batch["labelled"].dtype == torch.bool
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda coco: coco["annotations"][2]["keypoints"].__setitem__(4, float("nan")), "train_0002.png: keypoint 1 is NaN"),
+    (lambda coco: coco["annotations"][2]["keypoints"].__setitem__(0, float("inf")), "train_0002.png: keypoint 0 is NaN"),
+    (lambda coco: coco["annotations"][3]["bbox"].__setitem__(2, 0), "train_0003.png: face box"),
+    (lambda coco: coco["annotations"][3]["bbox"].__setitem__(3, -5), "train_0003.png: face box"),
+])
+def test_non_finite_keypoints_and_empty_boxes_are_refused_naming_the_image(toy_ann, tmp_path, change, message):
+    path = coco_copy(toy_ann, tmp_path, change)
+    with pytest.raises(DataError, match=f"{path}: image train/images/{message}"):
+        load_coco(path)
+
+
+def test_a_foreign_coco_file_says_which_fields_to_add_and_takes_them_from_meta(toy_ann, tmp_path):
+    def strip(coco):
+        for field in ("flip_index", "iod_pair"):
+            del coco["categories"][0][field]
+    path = coco_copy(toy_ann, tmp_path, strip)
+    with pytest.raises(DataError, match="no flip_index .* iod_pair .* or pass --meta FILE"):
+        load_coco(path)
+    meta_file = tmp_path / "meta.json"
+    meta_file.write_text(json.dumps(SMALL_META))
+    records, meta, _ = load_coco(path, read_meta_file(meta_file))
+    assert meta["flip_index"] == SMALL_META["flip_index"] and meta["iod_pair"] == [0, 1] and len(records) == 6
+
+
+def test_a_truncated_crop_cache_is_built_again(toy_ann, tmp_path, capsys):
+    path = LandmarkDataset(toy_ann, None, 64).use_cache(tmp_path / "cache")
+    expected = np.load(path).copy()
+    path.write_bytes(path.read_bytes()[:5000])  # a copy or a disk that gave up half-way
+    dataset = LandmarkDataset(toy_ann, None, 64)
+    assert dataset.use_cache(tmp_path / "cache") == path
+    assert "crop cache is damaged (truncated?); building it again" in capsys.readouterr().out
+    assert np.array_equal(np.load(path), expected) and dataset[5]["image"].shape == (3, 64, 64)
+
+
+def test_the_one_image_reader_turns_an_exif_rotated_jpeg_upright(tmp_path):
+    upright = np.zeros((60, 40, 3), dtype=np.uint8)  # 40 wide, 60 tall as displayed
+    upright[:10, :, 0] = 255  # a red band along the top
+    stored = np.rot90(upright, k=1)  # stored turned a quarter left; EXIF orientation 6 turns it back
+    exif = Image.Image.getexif(Image.new("RGB", (1, 1)))
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    image = read_image(tmp_path / "rotated.jpg")
+    assert image.shape == (60, 40, 3) and image[:8, :, 0].mean() > 200 and image[20:, :, 0].mean() < 40
+    with pytest.raises(DataError, match="cannot read image"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_the_crop_cache_has_the_users_normal_file_mode(toy_ann, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = LandmarkDataset(toy_ann, None, 64).use_cache(tmp_path / "cache")
+    finally:
+        os.umask(previous)
+    assert {oct(p.stat().st_mode & 0o777) for p in path.parent.iterdir()} == {"0o644"}

@@ -4,13 +4,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 import evaluate
 from conftest import BROKEN_CHECKPOINTS, DOGFLW_META, write_broken_checkpoint
 from codec import HEATMAP_STRIDE, heatmap_targets
-from dataset import LandmarkDataset
-from evaluate import compute_metrics, predict_crops
-from model import LandmarkModel
+from dataset import LandmarkDataset, collate_readable
+from evaluate import compute_metrics
+from inference import predict_crops
+from model import LandmarkModel, load_landmark_model
 from tools.convert_dogflw_to_coco import convert
 
 
@@ -152,3 +154,37 @@ def test_unreadable_image_is_named_left_out_and_fails_the_run(tiny_run, tmp_path
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert code == 1 and f"warning: {path}: cannot read image" in err and "1 of 8 images could not be read" in err
     assert metrics["num_images"] == 7 and metrics["unreadable_images"] == [str(path)]
+
+
+def test_unlabelled_landmarks_are_left_out_of_every_metric_and_counted():
+    pred, gt = two_images()
+    labelled = np.ones((2, 3), dtype=bool)
+    labelled[0, 2] = False  # image 0's only wrong landmark is not labelled: image 0 is now perfect
+    gt_unlabelled = gt.copy()
+    gt_unlabelled[0, 2] = 0.0  # stored as 0, 0, 0
+    metrics = compute_metrics(pred, gt_unlabelled, [0, 1], labelled=labelled, confidence=np.ones((2, 3)))
+    assert metrics["nme_iod"] == pytest.approx((0 + 4) / 2) and metrics["unlabelled_landmarks"] == 1
+    assert metrics["per_landmark_nme"]["2"] == pytest.approx(4.0) and metrics["pck_0.05"] == 100.0
+    labelled[1, 0] = False  # image 1 loses an eye corner: it cannot be normalised
+    metrics = compute_metrics(pred, gt_unlabelled, [0, 1], labelled=labelled)
+    assert metrics["num_images"] == 1 and metrics["excluded_iod_unlabelled"] == 1
+    assert metrics["per_image_nme"] == [0.0, None]
+
+
+def test_evaluate_honours_coco_visibility_and_writes_strict_json(tiny_run, tmp_path):
+    coco = json.loads((tiny_run["ann"] / "val.json").read_text())
+    for annotation in coco["annotations"]:
+        annotation["keypoints"][12:15] = [0, 0, 0]  # landmark 4 (nose) not labelled anywhere
+    (tmp_path / "val.json").write_text(json.dumps(coco))
+    out = tmp_path / "m.json"
+    assert evaluate.main(evaluate_args(tiny_run["checkpoint"], tmp_path / "val.json", "--out", str(out))) == 0
+    metrics = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in {out}"))
+    model, _, crop = load_landmark_model(tiny_run["checkpoint"])
+    dataset = LandmarkDataset(tiny_run["ann"] / "val.json", None, crop.input_size)
+    _, pred = evaluate.evaluate(model, DataLoader(dataset, batch_size=4, collate_fn=collate_readable), "cpu")
+    gt = np.stack([r["keypoints"] for r in dataset.records])
+    iod = np.linalg.norm(gt[:, 0] - gt[:, 1], axis=-1)
+    others = [i for i in range(8) if i != 4]
+    expected = (np.linalg.norm(pred - gt, axis=-1)[:, others].mean(axis=1) / iod).mean() * 100
+    assert metrics["nme_iod"] == pytest.approx(expected) and metrics["unlabelled_landmarks"] == 8
+    assert metrics["per_landmark_nme"]["nose"] is None and metrics["per_region_nme"]["lower"] is not None

@@ -39,4 +39,21 @@ def test_without_onnxruntime_it_says_how_to_install_it(tiny_run, tmp_path, capsy
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     assert export_onnx.main(["--checkpoint", str(tiny_run["checkpoint"]), "--out", str(tmp_path / "m.onnx")]) == 1
     assert "pip install onnxruntime" in capsys.readouterr().err
-    assert (tmp_path / "m.onnx").exists()
+    assert list(tmp_path.iterdir()) == []  # an export that cannot be checked is not written
+
+
+def test_a_failed_check_writes_nothing_and_keeps_the_previous_file(tiny_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"a good model from before")
+    monkeypatch.setattr(export_onnx, "max_difference", lambda *args: (0.5, 0.0))
+    assert export_onnx.main(["--checkpoint", str(tiny_run["checkpoint"]), "--out", str(out)]) == 1
+    assert "differs from PyTorch by more than" in capsys.readouterr().err
+    assert out.read_bytes() == b"a good model from before" and sorted(tmp_path.iterdir()) == [out]
+
+
+def test_the_checkpoint_is_never_the_output(tiny_run, tmp_path, capsys):
+    copy = tmp_path / "best.pth"
+    copy.write_bytes(tiny_run["checkpoint"].read_bytes())
+    assert export_onnx.main(["--checkpoint", str(copy), "--out", str(copy)]) == 1
+    assert "is the checkpoint itself" in capsys.readouterr().err
+    assert copy.read_bytes() == tiny_run["checkpoint"].read_bytes()

@@ -47,7 +47,7 @@ def test_folder_with_a_corrupt_file_and_a_missing_path(tiny_run, tmp_path):
         assert saved["box"] == [-0.5, -0.5, width - 0.5, height - 0.5] and saved["box_source"] == "whole image"
         assert np.shape(saved["landmarks"]) == (8, 2) and len(saved["keypoint_names"]) == 8
         assert all(0.0 <= c <= 1.0 for c in saved["confidence"])
-        assert cv2.imread(str(out / f"val_000{i}_overlay.png")).shape == image.shape
+        assert cv2.imread(str(out / f"val_000{i}_overlay.png")).shape == (800, 800, 3)  # enlarged to draw on
 
 
 @pytest.mark.parametrize("flip_test", [False, True])
@@ -124,3 +124,19 @@ def test_broken_checkpoint_gives_one_error_line(tiny_run, tmp_path, capsys, kind
 def test_repeated_file_names_get_distinct_outputs(tmp_path):
     paths = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.jpg", tmp_path / "y.png", tmp_path / "c" / "x.png"]
     assert predict.output_stems(paths) == ["x", "x-2", "y", "x-3"]
+
+
+def test_every_input_gets_its_own_outputs_whatever_the_names(tiny_run, tmp_path):
+    """x.png in two folders and an x-2.png beside one of them: three inputs, three sets of outputs."""
+    source = tiny_run["root"] / "val" / "images"
+    for folder, name, image in (("a", "x.png", "val_0000.png"), ("a", "x-2.png", "val_0001.png"),
+                                ("b", "x.png", "val_0002.png")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_bytes((source / image).read_bytes())
+    out = tmp_path / "out"
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), str(tmp_path / "a"), str(tmp_path / "b"),
+               "--out", str(out), "--device", "cpu")
+    written = {load_result(out, p.stem)["image"] for p in out.glob("*.json")}
+    assert written == {str(tmp_path / "a" / "x.png"), str(tmp_path / "a" / "x-2.png"), str(tmp_path / "b" / "x.png")}
+    assert len(list(out.glob("*_overlay.png"))) == 3
+    assert predict.output_stems([tmp_path / "x.png", tmp_path / "X.jpg"]) == ["x", "X-2"]  # case-blind file systems

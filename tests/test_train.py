@@ -164,6 +164,8 @@ def interrupt_in_epoch_2(args: list[str], run, sig: int) -> subprocess.Completed
 
 def assert_same_weights(a: dict, b: dict) -> None:
     for key in ("train_model", "model"):
+        if key not in a or key not in b:  # best.pth holds the inference weights only
+            continue
         assert a[key].keys() == b[key].keys()
         different = [k for k in a[key] if not torch.equal(a[key][k], b[key][k])]
         assert not different, f"{key}: {len(different)} tensors differ, e.g. {different[0]}"
@@ -254,7 +256,7 @@ def test_no_space_or_unwritable_run_folder_is_refused_before_training(toy_ann, t
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     assert train_simple.main(toy_args(toy_ann, blocker / "run")) == 1
-    assert "cannot write to the run folder" in capsys.readouterr().err
+    assert "a_file/run: lies under a file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", BROKEN_CHECKPOINTS)
@@ -269,7 +271,7 @@ def test_resume_against_annotations_with_another_landmark_count_is_refused(
         uninterrupted_run, dogflw_root, tmp_path, capsys):
     convert(dogflw_root, tmp_path / "ann46", DOGFLW_META)
     code = train_simple.main(toy_args(tmp_path / "ann46", tmp_path / "run", "--resume",
-                                      str(uninterrupted_run / "last.pth")))
+                                      str(uninterrupted_run / "last.pth"), "--epochs", "4"))
     assert code == 1 and "predicts 8 landmarks" in capsys.readouterr().err
 
 
@@ -295,7 +297,7 @@ def test_torchrun_with_two_cpu_processes(toy_ann, tmp_path):
     assert "x 2 processes" in result.stdout and result.stdout.count("best val NME_IOD") == 1
     assert sorted(p.name for p in run.iterdir()) == ["best.pth", "curves.png", "last.pth", "metrics.jsonl"]
     (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    checkpoint = torch.load(run / "best.pth", weights_only=False)
+    checkpoint = torch.load(run / "last.pth", weights_only=False)
     assert checkpoint["scheduler"]["last_epoch"] == 48 // (4 * 2)  # each rank took half the batches
     import evaluate
     out = tmp_path / "metrics.json"
@@ -310,3 +312,107 @@ def test_unknown_backbone_is_one_line_and_exit_1(toy_ann, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: backbone 'nosuchmodel' is not a timm model name (e.g. hrnet_w32, tf_efficientnetv2_s, "
                    "resnet18)"]
+
+
+# --- the documented recovery path, and runs that never overwrite each other ---
+
+def test_resume_alone_continues_the_run_with_its_own_settings(toy_ann, uninterrupted, tmp_path):
+    """The exit message says `--resume W/last.pth`: that alone (no data, batch size or pretrained
+    flags) continues the run to the weights of the run nothing interrupted."""
+    run = tmp_path / "run"
+    stopped = interrupt_in_epoch_2(toy_args(toy_ann, run), run, signal.SIGINT)
+    assert stopped.returncode == 130 and f"--resume {run / 'last.pth'}" in stopped.stderr
+    out = run_cli("train_simple.py", "--resume", str(run / "last.pth")).stdout
+    assert "resumed from" in out and "4 train" not in out
+    assert_same_weights(torch.load(run / "last.pth", weights_only=False), uninterrupted)
+
+
+def test_resume_refuses_a_contradicting_flag_and_other_annotations(toy_ann, uninterrupted_run, tmp_path, capsys):
+    last = str(uninterrupted_run / "last.pth")
+    before = (uninterrupted_run / "last.pth").read_bytes()
+    assert train_simple.main(["--resume", last, "--epochs", "4", "--batch-size", "8"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: --batch-size 8: the run being resumed has 4; --resume continues a run with its own settings "
+        "(leave --batch-size out, or start a new run in another --work-dir)")
+    assert train_simple.main(["--resume", last, "--epochs", "2"]) == 1
+    assert "has finished 3 epochs already" in capsys.readouterr().err
+    root = make_faces(tmp_path / "other", {"train": 48, "val": 8}, SMALL_META, seed=5)  # same landmarks
+    convert(root, root / "ann", SMALL_META)
+    assert train_simple.main(["--resume", last, "--epochs", "4", "--ann-root", str(root / "ann")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not the annotations the run being resumed was trained on" in err[0]
+    assert (uninterrupted_run / "last.pth").read_bytes() == before
+
+
+def test_more_epochs_on_resume_say_what_happens_to_the_schedule(toy_ann, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_simple.main(toy_args(toy_ann, run, "--epochs", "2")) == 0
+    assert train_simple.main(["--resume", str(run / "last.pth"), "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "--epochs 3: the run was planned for 2, so its warm-up + cosine schedule is stretched" in out
+    assert [r["epoch"] for r in run_utils.MetricsLog(run / "metrics.jsonl").read()] == [1, 2, 3]
+
+
+def test_a_second_run_never_overwrites_the_first(toy_ann, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert train_simple.main(toy_args(toy_ann, run, "--epochs", "1")) == 0
+    files = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    assert train_simple.main(toy_args(toy_ann, run, "--epochs", "1", "--seed", "3")) == 1
+    assert capsys.readouterr().err.strip() == (f"error: --work-dir {run}: holds a run already; continue it with "
+                                               f"--resume {run / 'last.pth'}, or choose another folder")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files
+    monkeypatch.chdir(tmp_path)  # the default folder is work_dirs/<backbone>_<size> under the current one
+    default = ["--ann-root", str(toy_ann), *SMALL_RUN, "--batch-size", "4", "--epochs", "1"]
+    assert train_simple.main(default) == 0 and train_simple.main(default) == 0
+    assert "work_dirs/resnet18_64 holds an earlier run; this one goes to work_dirs/resnet18_64-2" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "work_dirs").iterdir()) == ["resnet18_64", "resnet18_64-2"]
+
+
+def test_a_torn_metrics_line_does_not_stop_a_resume(toy_ann, tmp_path):
+    run = tmp_path / "run"
+    assert train_simple.main(toy_args(toy_ann, run, "--epochs", "1")) == 0
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_loss": 0.5, "val_nm')  # killed during the append
+    assert train_simple.main(["--resume", str(run / "last.pth"), "--epochs", "2"]) == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_best_pth_holds_the_inference_weights_only(uninterrupted_run):
+    best, last = (torch.load(uninterrupted_run / name, weights_only=True) for name in ("best.pth", "last.pth"))
+    assert "optimizer" not in best and "train_model" not in best and "optimizer" in last
+    assert (uninterrupted_run / "best.pth").stat().st_size < 0.3 * (uninterrupted_run / "last.pth").stat().st_size
+
+
+def test_what_can_be_checked_is_checked_before_training(toy_ann, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_simple.main(toy_args(toy_ann, tmp_path / "run", "--epochs", "0"))
+    assert exit_info.value.code == 2 and "--epochs: 0 is out of range: must be >= 1" in capsys.readouterr().err
+    coco = json.loads((toy_ann / "val.json").read_text())
+    for annotation in coco["annotations"]:
+        annotation["keypoints"][3:6] = annotation["keypoints"][0:3]  # both eye corners in one place
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "train.json").write_bytes((toy_ann / "train.json").read_bytes())
+    (ann / "val.json").write_text(json.dumps(coco))
+    assert train_simple.main(toy_args(ann, tmp_path / "run")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "val.json: no image has a usable inter-ocular distance" in err[0]
+    assert not (tmp_path / "run").exists() and not (ann / "crop_cache").exists()  # before the cache was built
+
+
+def test_ctrl_c_while_the_crop_cache_is_built_is_one_line_and_exit_130(toy_ann, tmp_path, capsys, monkeypatch):
+    def ctrl_c(path):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("dataset.read_image", ctrl_c)
+    assert train_simple.main(toy_args(toy_ann, tmp_path / "run", "--crop-cache", str(tmp_path / "cache"))) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted by Ctrl-C"]
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        train_simple.main(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: 210)" in out and "(default: hrnet_w32)" in out and "(default: 1.25)" in out

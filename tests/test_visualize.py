@@ -9,10 +9,14 @@ from test_evaluate import two_images
 from visualize import ced_curve, draw_landmarks, plot_ced, plot_training_curves, write_visualisations
 
 
-def test_draw_landmarks_marks_prediction_and_truth():
+def test_draw_landmarks_marks_prediction_and_truth_on_an_enlarged_copy():
     image = np.zeros((50, 50, 3), dtype=np.uint8)
-    canvas = draw_landmarks(image, np.array([[10.0, 10.0]]), np.array([[40.0, 40.0]]))
-    assert canvas[10, 10, 0] > 200 and canvas[40, 40, 1] > 150 and image.max() == 0
+    canvas = draw_landmarks(image, np.array([[10.0, 10.0]]), np.array([[40.0, 40.0]]), text="NME_IOD 3.0 %")
+    zoom = 800 / 50  # small images are enlarged so that their landmarks stay apart
+    at = lambda v: round((v + 0.5) * zoom - 0.5)  # noqa: E731 (pixel centres scale with the image)
+    assert canvas.shape == (800, 800, 3) and image.max() == 0
+    assert canvas[at(10), at(10), 0] > 200 and canvas[at(40), at(40), 1] > 150
+    assert canvas[:60, :300].max() == 255  # the caption, white on its dark outline
 
 
 def test_ced_curve_is_what_auc_and_failure_rate_measure():
@@ -50,3 +54,26 @@ def test_overlays_show_the_worst_images_and_skip_unread_ones(tiny_run, tmp_path)
     names = sorted(p.name for p in (tmp_path / "vis").iterdir())
     assert names[-2:] == ["worst_01_val_0006.png", "worst_02_val_0005.png"]
     assert len(names) == 4 and all(n.startswith("random_val_000") and n[-5] in "01234" for n in names[:2])
+
+
+def test_ced_of_a_model_that_fails_everywhere_says_so(tmp_path):
+    pred, gt = two_images()
+    metrics = compute_metrics(pred + 30, gt, [0, 1])  # every image far off
+    figure = plot_ced(metrics, 10.0, tmp_path / "ced.png", "bad")
+    assert any("all 2 fail" in text.get_text() for text in figure.axes[0].texts)
+    assert figure.axes[0].get_ylim()[0] < 0  # the flat curve is drawn above the axis, not hidden by it
+
+
+def test_training_curves_have_whole_epochs_plain_log_labels_and_the_run_name(tmp_path):
+    run = tmp_path / "my_run"
+    run.mkdir()
+    lines = [{"epoch": e, "train_loss": 8.0 / e, "train_heatmap": 4.0 / e, "train_coord": 4.0 / e,
+              "lr": 1e-3, "val_nme_iod": 20.0 / e} for e in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    figure = plot_training_curves(run / "metrics.jsonl", run / "curves.png")
+    assert figure._suptitle.get_text() == "my_run"
+    for ax in figure.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert all(float(t).is_integer() for t in ticks), ticks
+    labels = [label.get_text() for label in figure.axes[0].yaxis.get_ticklabels(which="both") if label.get_text()]
+    assert labels and not any("times" in label or "^" in label for label in labels), labels

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 import train_simple  # noqa: E402
 from dataset import Augmentation, LandmarkDataset, collate_readable  # noqa: E402
-from errors import DataError, reports_errors  # noqa: E402
+from errors import (CommandLineParser, DataError, multiple_of_32, non_negative_int, positive_int,  # noqa: E402
+                    reports_errors)
 from model import LandmarkModel  # noqa: E402
 from run_utils import pick_device  # noqa: E402
 
@@ -85,22 +86,23 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="hrnet_w32")
-    parser.add_argument("--input-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-keypoints", type=int, default=46, help="landmarks of the synthetic data")
+    parser = CommandLineParser(description=__doc__)
+    parser.add_argument("--backbone", default="hrnet_w32", help="timm backbone, as train_simple.py --backbone")
+    parser.add_argument("--input-size", type=multiple_of_32, default=256, help="crop side in pixels")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="crops per step")
+    parser.add_argument("--num-keypoints", type=positive_int, default=46, help="landmarks of the synthetic data")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cuda, mps or cpu")
     parser.add_argument("--ann", help="COCO keypoints file: time its data pipeline and train on its crops")
     parser.add_argument("--data-root", help="folder the annotation's file names are relative to")
-    parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--num-workers", type=non_negative_int, default=min(8, os.cpu_count() or 1),
+                        help="DataLoader worker processes of the data pipeline timing")
     parser.add_argument("--no-crop-cache", action="store_true", help="time the pipeline decoding every image "
                         "instead of reading train_simple.py's crop cache (built beside --ann if missing)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training forward, as "
                         "train_simple.py --compile")
-    parser.add_argument("--steps", type=int, default=20, help="batches per timing")
-    parser.add_argument("--warmup", type=int, default=3, help="batches before the timings")
-    parser.add_argument("--repeats", type=int, default=3, help="timings per figure (the median is reported)")
+    parser.add_argument("--steps", type=positive_int, default=20, help="batches per timing")
+    parser.add_argument("--warmup", type=non_negative_int, default=3, help="batches before the timings")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timings per figure (the median is reported)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
     return parser.parse_args(argv)
 
@@ -124,7 +126,8 @@ def synthetic_batch(args: argparse.Namespace) -> dict:
     size = args.input_size
     return {"image": torch.randint(0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8),
             "keypoints": torch.rand(args.batch_size, args.num_keypoints, 2) * (size - 1),
-            "mirrored": torch.arange(args.batch_size) % 2 == 1}
+            "mirrored": torch.arange(args.batch_size) % 2 == 1,
+            "labelled": torch.ones(args.batch_size, args.num_keypoints, dtype=torch.bool)}
 
 
 @reports_errors
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     model = LandmarkModel(args.backbone, num_keypoints, train_args.neck_channels, sigma=train_args.sigma)
     run = train_simple.build_run(train_args, model, {"num_keypoints": num_keypoints}, torch.ones(num_keypoints),
                                  steps_per_epoch=1000, device=device)
-    batch = {key: batch[key].to(device) for key in ("image", "keypoints", "mirrored")}
+    batch = {key: batch[key].to(device) for key in ("image", "keypoints", "mirrored", "labelled")}
     result["train_images_per_s"] = training_rate(run, batch, args.steps, args.warmup, args.repeats)
     images = batch["image"].float().contiguous(memory_format=run.memory_format)
     result["eval_images_per_s"] = evaluation_rate(model, images, args.steps, args.warmup, args.repeats)

@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import inspect
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -24,10 +25,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from errors import UsageError, reports_errors  # noqa: E402
+from errors import (CommandLineParser, UsageError, UserFacingError, number_type, positive_int,  # noqa: E402
+                    reports_errors)
 from model import LandmarkModel, load_landmark_model  # noqa: E402
+from run_utils import check_output_file  # noqa: E402
 
 TOLERANCE_PX = 1e-3  # largest accepted |ONNX Runtime - PyTorch| landmark difference, crop pixels
+
+
+class ExportError(UserFacingError):
+    """The exported model does not compute what the checkpoint does."""
 
 
 class LandmarksInCrop(nn.Module):
@@ -59,6 +66,20 @@ def export(wrapper: LandmarksInCrop, size: int, out: Path, metadata: dict[str, s
     onnx.save(proto, str(out))
 
 
+def check_parity(wrapper: LandmarksInCrop, size: int, exported: Path, batch_size: int) -> None:
+    """Refuse an export whose ONNX Runtime output differs from PyTorch's by more than TOLERANCE_PX."""
+    try:
+        point_diff, confidence_diff = max_difference(wrapper, size, exported, batch_size)
+    except ImportError:
+        raise UsageError("onnxruntime is not installed, so the export cannot be checked (and was not "
+                         "written): pip install onnxruntime") from None
+    print(f"ONNX Runtime vs PyTorch on a random batch of {batch_size}: max |difference| "
+          f"{point_diff:.2e} px (points), {confidence_diff:.2e} (confidence)")
+    if not point_diff <= TOLERANCE_PX or not confidence_diff <= TOLERANCE_PX:
+        raise ExportError(f"ONNX Runtime differs from PyTorch by more than {TOLERANCE_PX:g}; nothing was "
+                          "written (a previous file at --out is unchanged)")
+
+
 def max_difference(wrapper: LandmarksInCrop, size: int, out: Path, batch_size: int) -> tuple[float, float]:
     """Largest |ONNX Runtime - PyTorch| of points and of confidences on random size x size crops."""
     import onnxruntime
@@ -72,39 +93,40 @@ def max_difference(wrapper: LandmarksInCrop, size: int, out: Path, batch_size: i
             float(np.abs(onnx_confidence - confidence.numpy()).max()))
 
 
-@reports_errors
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = CommandLineParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
     parser.add_argument("--out", required=True, help="ONNX file to write")
-    parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--check-batch", type=int, default=3,
+    parser.add_argument("--opset", type=number_type(int, 13, 23), default=17, help="ONNX opset version")
+    parser.add_argument("--check-batch", type=positive_int, default=3,
                         help="batch size of the parity check (the export itself uses 1)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+@reports_errors
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = check_output_file(args.out, "--out")
+    if out.exists() and out.resolve() == Path(args.checkpoint).resolve():
+        raise UsageError(f"--out {out}: is the checkpoint itself; give another file name")
     if importlib.util.find_spec("onnx") is None:
         raise UsageError("exporting needs the onnx package: pip install onnx onnxruntime")
     model, checkpoint, crop = load_landmark_model(args.checkpoint, map_location="cpu")
     meta, size, k = checkpoint["keypoint_meta"], crop.input_size, model.config["num_keypoints"]
     wrapper = LandmarksInCrop(model).eval()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"input_size": str(size), "box_padding": str(crop.box_padding),
                 "keypoints": json.dumps(meta["keypoints"]), "flip_index": json.dumps(meta["flip_index"]),
                 "input": "float32 RGB 0..255 (N, 3, S, S)", "outputs": "points (N, K, 2) in crop pixels, "
                 "confidence (N, K)", "checkpoint": str(args.checkpoint)}
-    export(wrapper, size, out, metadata, args.opset)
+    candidate = out.with_name(f".{out.name}.{os.getpid()}.checking.onnx")  # moved to --out once it passes
+    try:
+        export(wrapper, size, candidate, metadata, args.opset)
+        check_parity(wrapper, size, candidate, args.check_batch)
+        os.replace(candidate, out)
+    finally:
+        candidate.unlink(missing_ok=True)
     print(f"wrote {out}: images (N, 3, {size}, {size}) float RGB 0..255 -> points (N, {k}, 2) in crop "
           f"pixels, confidence (N, {k}); box padding {crop.box_padding}")
-    try:
-        point_diff, confidence_diff = max_difference(wrapper, size, out, args.check_batch)
-    except ImportError:
-        raise UsageError("onnxruntime is not installed, so the export was not checked: "
-                         "pip install onnxruntime") from None
-    print(f"ONNX Runtime vs PyTorch on a random batch of {args.check_batch}: max |difference| "
-          f"{point_diff:.2e} px (points), {confidence_diff:.2e} (confidence)")
-    if not point_diff <= TOLERANCE_PX or not confidence_diff <= TOLERANCE_PX:
-        raise UsageError(f"the difference is above the tolerance of {TOLERANCE_PX:g}")
     return 0
 
 

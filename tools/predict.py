@@ -28,8 +28,9 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dataset import read_image  # noqa: E402
-from errors import DataError, reports_errors  # noqa: E402
+from errors import CommandLineParser, DataError, positive_int, reports_errors  # noqa: E402
 from inference import LandmarkPredictor  # noqa: E402
+from run_utils import check_output_folder, write_json  # noqa: E402
 from tools.convert_dogflw_to_coco import IMAGE_EXTENSIONS  # noqa: E402
 from visualize import draw_landmarks  # noqa: E402
 
@@ -76,12 +77,17 @@ def list_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def output_stems(images: list[Path]) -> list[str]:
-    """File stems for the outputs; repeated stems (a/x.png, b/x.jpg) get -2, -3, ..."""
-    seen: dict[str, int] = {}
-    stems = []
+    """A distinct file stem per input for its outputs: the image's own stem, or where that is taken
+    (the same name in two folders, the same file twice, or a name such as x-2 next to two x's) the
+    stem with -2, -3, ... Compared without case, for case-insensitive file systems."""
+    taken, stems = set(), []
     for path in images:
-        seen[path.stem] = seen.get(path.stem, 0) + 1
-        stems.append(path.stem if seen[path.stem] == 1 else f"{path.stem}-{seen[path.stem]}")
+        stem, n = path.stem, 1
+        while stem.lower() in taken:
+            n += 1
+            stem = f"{path.stem}-{n}"
+        taken.add(stem.lower())
+        stems.append(stem)
     return stems
 
 
@@ -98,7 +104,7 @@ def choose_box(path: Path, image: np.ndarray, box_for_all: np.ndarray | None,
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLineParser(description=__doc__)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and folders of images")
     parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
     parser.add_argument("--out", required=True, help="folder for NAME.json and NAME_overlay.png")
@@ -109,7 +115,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        "[x1, y1, x2, y2], ...}; images it does not list use the whole image")
     parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's prediction")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cuda, mps or cpu")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="faces per forward pass")
     return parser.parse_args(argv)
 
 
@@ -140,7 +146,7 @@ def write_outputs(out_dir: Path, path: Path, stem: str, image: np.ndarray, box: 
               "confidence": confidence.astype(float).round(4).tolist(),
               "keypoint_names": predictor.meta["keypoints"], "checkpoint": str(args.checkpoint),
               "flip_test": args.flip_test}
-    (out_dir / f"{stem}.json").write_text(json.dumps(result), encoding="utf-8")
+    write_json(out_dir / f"{stem}.json", result)
     overlay = cv2.cvtColor(draw_landmarks(image, points, box=box), cv2.COLOR_RGB2BGR)
     cv2.imwrite(str(out_dir / f"{stem}_overlay.png"), overlay)
 
@@ -150,9 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     box_for_all = parse_box(args.bbox, "--bbox") if args.bbox else None
     box_table = load_boxes(args.boxes) if args.boxes else {}
+    out_dir = check_output_folder(args.out, "--out")
     predictor = LandmarkPredictor(args.checkpoint, args.device, args.flip_test)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     images, problems = list_images(args.inputs)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
