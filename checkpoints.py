@@ -7,6 +7,9 @@ A landmark checkpoint (`kind` "landmarks", written by train_simple.py) is a dict
 - `keypoint_meta`: keypoint names, flip_index, iod_pair, regions;
 - `epoch`, `best_nme`, `metrics` (the last validation) and `args` (the training arguments);
 - for resuming: `train_model`, `optimizer`, `scheduler`, `scaler`, `next_batch`, `torch_rng`, `cuda_rng`.
+A face-detector checkpoint (`kind` "face detector", written by tools/train_detector.py) holds
+`detector_config` (detector.create_detector's arguments) and `model` instead, the same run
+entries and, in last.pth, the same training state.
 Files of format 1 (before `format` existed: input size in model_config, box padding only in the
 arguments, the codec's parameters at the top of the state dict) are upgraded when read.
 """
@@ -20,9 +23,10 @@ from errors import CheckpointError, TrainingStopped
 from run_utils import write_atomically
 
 CHECKPOINT_FORMAT = 2
-LANDMARKS = "landmarks"
+LANDMARKS, DETECTOR = "landmarks", "face detector"
 TRAINING_STATE_KEYS = ("train_model", "optimizer", "scheduler", "scaler", "epoch", "best_nme", "args")
-WRITERS = {LANDMARKS: "train_simple.py"}
+WRITERS = {LANDMARKS: "train_simple.py", DETECTOR: "tools/train_detector.py"}
+CONFIG_KEYS = {LANDMARKS: "model_config", DETECTOR: "detector_config"}
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -61,8 +65,8 @@ def read_checkpoint(path: str | Path, kind: str, map_location: str | torch.devic
     except Exception as err:  # torch.load raises many types for files that are not checkpoints
         raise CheckpointError(f"{path}: not a checkpoint written by {WRITERS[kind]} (it cannot be read as one: "
                               f"{type(err).__name__})") from None
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_config" not in checkpoint:
-        raise CheckpointError(f"{path}: not a checkpoint written by {WRITERS[kind]} (no model or model_config)")
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or not CONFIG_KEYS.values() & checkpoint.keys():
+        raise CheckpointError(f"{path}: not a checkpoint written by {WRITERS[kind]} (no model or model config)")
     if "format" not in checkpoint:
         checkpoint = upgrade_format_1(checkpoint)
     if checkpoint["format"] > CHECKPOINT_FORMAT:

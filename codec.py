@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from geometry import heatmap_to_input, input_to_heatmap
 
 HEATMAP_STRIDE = 4
+COORD_LOSSES = ("l1", "star")
 
 
 def heatmap_targets(points: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
@@ -44,14 +45,46 @@ def soft_argmax(logits: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return torch.stack([x, y], dim=-1)
 
 
+def soft_argmax_spread(logits: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (B, K, 2) and covariance (B, K, 2, 2), in heatmap pixels, of softmax(beta * logits) over
+    each map: where the soft-argmax puts a landmark and how its distribution spreads around that."""
+    b, k, h, w = logits.shape
+    prob = torch.softmax(logits.float().flatten(2) * beta.view(1, -1, 1), dim=-1).view(b, k, h, w)
+    xs = torch.arange(w, device=logits.device, dtype=prob.dtype)
+    ys = torch.arange(h, device=logits.device, dtype=prob.dtype)
+    px, py = prob.sum(dim=2), prob.sum(dim=3)  # marginals (B, K, W) and (B, K, H)
+    x, y = (px * xs).sum(dim=-1), (py * ys).sum(dim=-1)
+    dx, dy = xs - x[..., None], ys - y[..., None]
+    var_x, var_y = (px * dx**2).sum(dim=-1), (py * dy**2).sum(dim=-1)
+    cov_xy = (prob * dy[..., :, None] * dx[..., None, :]).sum(dim=(-2, -1))
+    covariance = torch.stack([torch.stack([var_x, cov_xy], -1), torch.stack([cov_xy, var_y], -1)], -2)
+    return torch.stack([x, y], dim=-1), covariance
+
+
+def ambiguity_loss(error: torch.Tensor, covariance: torch.Tensor, spread_weight: float) -> torch.Tensor:
+    """The STAR loss's idea (Zhou et al., CVPR 2023) in its L2 form: the error (B, K, 2) measured in
+    the predicted distribution's own spread, sqrt(e^T C^-1 e) (the Mahalanobis distance), so that an
+    error along the direction a landmark is ambiguous in (an edge) costs less than one across it,
+    plus `spread_weight` x the distribution's variance (trace C), which stops the spread from growing
+    to hide errors. Per landmark: (B, K)."""
+    c = covariance + 1e-3 * torch.eye(2, device=covariance.device)  # a floor of (0.03 px)^2
+    det = c[..., 0, 0] * c[..., 1, 1] - c[..., 0, 1] ** 2
+    ex, ey = error[..., 0], error[..., 1]
+    mahalanobis_sq = (c[..., 1, 1] * ex**2 - 2 * c[..., 0, 1] * ex * ey + c[..., 0, 0] * ey**2) / det
+    return torch.sqrt(mahalanobis_sq + 1e-6) + spread_weight * (c[..., 0, 0] + c[..., 1, 1])
+
+
 class HeatmapCodec(nn.Module):
     """Targets, loss and decoding for K landmarks, with the two learned decoding parameters:
     `log_beta` (K,), the soft-argmax sharpness, and `mirror_offset` (K, 2) in heatmap pixels,
     where a mirrored crop's labels lie relative to what the network sees."""
 
-    def __init__(self, num_keypoints: int, sigma: float = 2.0, beta_init: float = 16.0):
+    def __init__(self, num_keypoints: int, sigma: float = 2.0, beta_init: float = 16.0, coord_loss: str = "l1",
+                 spread_weight: float = 0.01):
         super().__init__()
-        self.sigma = sigma
+        if coord_loss not in COORD_LOSSES:
+            raise ValueError(f"coord_loss {coord_loss!r} is not one of {COORD_LOSSES}")
+        self.sigma, self.coord_loss, self.spread_weight = sigma, coord_loss, spread_weight
         self.log_beta = nn.Parameter(torch.full((num_keypoints,), math.log(beta_init)))
         self.mirror_offset = nn.Parameter(torch.zeros(num_keypoints, 2))
 
@@ -101,10 +134,19 @@ class HeatmapCodec(nn.Module):
             per_map = ((logits - targets) ** 2).sum(dim=(-2, -1)) / (math.pi * self.sigma**2)  # (B, K)
             heatmap_loss = (per_map * weights).mean()
         if coord_weight > 0:
-            pred_points = self.decode(logits, mirrored)[0]
             input_side = width * HEATMAP_STRIDE
             inside = ((keypoints >= -0.5) & (keypoints <= input_side - 0.5)).all(dim=-1)
-            error = F.l1_loss(pred_points, keypoints, reduction="none").sum(dim=-1) / HEATMAP_STRIDE
+            error = self.coordinate_error(logits, keypoints, mirrored)
             coord_loss = (error * weights * inside).sum() / (weights * inside).sum().clamp_min(1e-6)
         loss = heatmap_weight * heatmap_loss + coord_weight * coord_loss
         return loss, {"heatmap": heatmap_loss.detach(), "coord": coord_loss.detach()}
+
+    def coordinate_error(self, logits: torch.Tensor, keypoints: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+        """The coordinate term per landmark (B, K), in heatmap pixels: L1 between the decoded
+        landmarks and their labels, or (`coord_loss` "star") the ambiguity-aware `ambiguity_loss`."""
+        if self.coord_loss == "l1":
+            pred_points = self.decode(logits, mirrored)[0]
+            return F.l1_loss(pred_points, keypoints, reduction="none").sum(dim=-1) / HEATMAP_STRIDE
+        mean, covariance = soft_argmax_spread(logits, self.log_beta.exp())
+        pred_points = heatmap_to_input(mean, HEATMAP_STRIDE) + self.mirror_shift(mirrored, mean.dtype)
+        return ambiguity_loss((pred_points - keypoints) / HEATMAP_STRIDE, covariance, self.spread_weight)

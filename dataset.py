@@ -117,15 +117,22 @@ def keypoint_meta(category: dict, source: str) -> dict:
     return meta
 
 
+def parse_box(ann: dict, name: str, source: str) -> np.ndarray:
+    """An annotation's COCO bbox (x, y, w, h) as (x1, y1, x2, y2); refused, naming the image, if it is
+    not finite with positive width and height."""
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise DataError(f"{source}: image {name}: face box {ann['bbox']} is not finite with positive width "
+                        "and height")
+    return np.array([x, y, x + w, y + h])
+
+
 def parse_annotation(ann: dict, images: dict, num_keypoints: int, source: str) -> dict:
     """One record: image file, face box (x1, y1, x2, y2), keypoints (K, 2) and `labelled` (K,),
     False where COCO's visibility flag is 0 (not labelled: coordinates 0, left out of training and
     metrics). Refuses a box of zero size and a non-finite number, naming the image."""
     name = images[ann["image_id"]]["file_name"]
-    x, y, w, h = (float(v) for v in ann["bbox"])
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise DataError(f"{source}: image {name}: face box {ann['bbox']} is not finite with positive width "
-                        "and height")
+    box = parse_box(ann, name, source)
     values = np.asarray(ann["keypoints"], dtype=np.float64)
     if values.shape != (3 * num_keypoints,):
         raise DataError(f"{source}: image {name} does not have {num_keypoints} keypoints")
@@ -135,7 +142,7 @@ def parse_annotation(ann: dict, images: dict, num_keypoints: int, source: str) -
         bad = int(np.flatnonzero(labelled & ~np.isfinite(values[:, :2]).all(axis=1))[0])
         raise DataError(f"{source}: image {name}: keypoint {bad} is NaN or infinite")
     keypoints = np.where(labelled[:, None], values[:, :2], 0.0)
-    return {"file": name, "box": np.array([x, y, x + w, y + h]), "keypoints": keypoints, "labelled": labelled}
+    return {"file": name, "box": box, "keypoints": keypoints, "labelled": labelled}
 
 
 def load_coco(ann_file: str | Path, meta_override: dict | None = None) -> tuple[list[dict], dict, str | None]:
@@ -157,6 +164,23 @@ def load_coco(ann_file: str | Path, meta_override: dict | None = None) -> tuple[
     return records, meta, info.get("data_root")
 
 
+def load_coco_images(ann_file: str | Path) -> tuple[list[dict], str | None]:
+    """Each image of a COCO file with the boxes of all its annotations, {"id", "file", "boxes"
+    (N, 4) x1, y1, x2, y2} (N may be 0), and the data root the file names: what a face detector
+    learns from."""
+    try:
+        coco = json.loads(Path(ann_file).read_text(encoding="utf-8"))
+        images = {image["id"]: {"id": image["id"], "file": image["file_name"], "boxes": []} for image in coco["images"]}
+        for ann in coco["annotations"]:
+            images[ann["image_id"]]["boxes"].append(parse_box(ann, images[ann["image_id"]]["file"], str(ann_file)))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise DataError(f"{ann_file}: not a usable COCO file ({type(err).__name__}: {err})") from None
+    for image in images.values():
+        image["boxes"] = np.array(image["boxes"], dtype=np.float64).reshape(-1, 4)
+    info = coco.get("info") if isinstance(coco.get("info"), dict) else {}
+    return list(images.values()), info.get("data_root")
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """The project's one image reader: an RGB uint8 array, turned upright as its EXIF orientation
     says (as image viewers show it and as the converter measures it), or DataError naming the file."""
@@ -165,7 +189,7 @@ def read_image(path: str | Path) -> np.ndarray:
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except FileNotFoundError:
         raise DataError(f"{path}: cannot read image (no such file)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's ways of saying "not an image"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's "not an image"
         raise DataError(f"{path}: cannot read image ({type(err).__name__})") from None
 
 

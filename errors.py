@@ -96,7 +96,8 @@ def number_type(kind: type, low: float | None = None, high: float | None = None,
         too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and (value >= high if high_open else value > high)
         if too_low or too_high or not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {describe_range(low, high, low_open, high_open)}")
+            allowed = describe_range(low, high, low_open, high_open)
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {allowed}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse

@@ -21,15 +21,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from dataset import LandmarkDataset, collate_readable, read_meta_file
-from errors import CommandLineParser, DataError, non_negative_int, positive_int, reports_errors
-from inference import predict_crops
-from model import LandmarkModel, load_landmark_model
-from run_utils import check_output_file, check_output_folder, pick_device, write_json
+from dataset import LandmarkDataset, collate_readable, read_image, read_meta_file
+from errors import CommandLineParser, DataError, fraction, non_negative_int, positive_int, reports_errors
+from geometry import box_iou
+from inference import FaceDetector, FaceLandmarker, LandmarkPredictor, predict_crops
+from model import LandmarkModel
+from run_utils import check_output_file, check_output_folder, write_json
 from visualize import plot_ced, write_visualisations
 
 FAILURE_THRESHOLD = 10.0  # NME_IOD percent above which an image counts as a failure
+MATCH_IOU = 0.3  # with --detector, the least overlap of a detected face with the annotated one
 PCK_THRESHOLDS = (0.05, 0.10)  # landmark error as a fraction of the inter-ocular distance
 
 
@@ -120,7 +123,8 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray, iod_pair: list[int], boxes
     # a systematic offset (coordinate convention, labels that are not mirror-consistent) shows here
     metrics["mean_error_x"], metrics["mean_error_y"] = (float(v) for v in offsets[scored].mean(axis=0) * 100)
     if confidence is not None:  # does a low confidence flag a landmark that is off by more than 10 % IOD?
-        metrics["confidence_auroc_10"] = rank_auroc(-confidence[valid][scored], errors[scored] > FAILURE_THRESHOLD / 100)
+        off = errors[scored] > FAILURE_THRESHOLD / 100
+        metrics["confidence_auroc_10"] = rank_auroc(-confidence[valid][scored], off)
     names = keypoint_names or [str(i) for i in range(gt.shape[1])]
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a landmark never labelled has no mean: None
@@ -157,13 +161,55 @@ def evaluate(model: LandmarkModel, loader: DataLoader, device: torch.device,
     meta = dataset.meta
     pred, confidence, unreadable = predict_dataset(model, loader, device, meta["flip_index"] if flip_test else None)
     pred, confidence, unreadable = gather_predictions(pred, confidence, unreadable)
-    read = np.isfinite(pred).all(axis=(1, 2))
-    if not read.any():
-        raise DataError(f"none of the {len(dataset)} images could be read, e.g. {unreadable[0]}")
-    gt, boxes, labelled = (np.stack([r[key] for r in dataset.records])[read] for key in ("keypoints", "box", "labelled"))
-    metrics = compute_metrics(pred[read], gt, meta["iod_pair"], boxes, meta["keypoints"], meta["regions"],
-                              confidence[read], labelled)
+    return scored_metrics(dataset, pred, confidence, unreadable), pred
+
+
+def scored_metrics(dataset: LandmarkDataset, pred: np.ndarray, confidence: np.ndarray, unreadable: list[str]) -> dict:
+    """compute_metrics over the images with a prediction (rows of `pred` that are not NaN)."""
+    meta, scored = dataset.meta, np.isfinite(pred).all(axis=(1, 2))
+    if not scored.any():
+        raise DataError(f"no image of {dataset.ann_file} got a prediction" +
+                        (f" ({len(unreadable)} could not be read, e.g. {unreadable[0]})" if unreadable else ""))
+    gt, boxes, labelled = (np.stack([r[key] for r in dataset.records])[scored]
+                           for key in ("keypoints", "box", "labelled"))
+    metrics = compute_metrics(pred[scored], gt, meta["iod_pair"], boxes, meta["keypoints"], meta["regions"],
+                              confidence[scored], labelled)
     metrics["unreadable_images"] = unreadable
+    return metrics
+
+
+def evaluate_with_detector(landmarker: FaceLandmarker, dataset: LandmarkDataset, batch_size: int
+                           ) -> tuple[dict, np.ndarray]:
+    """Metrics with the face boxes the detector finds instead of the annotated ones, as for a user's
+    new photos. Each annotated face takes the landmarks of the detected face whose box overlaps
+    its box most (IoU >= MATCH_IOU); a face without one is missed: left out of NME_IOD, counted in
+    `faces_missed` and a failure in `failure_rate_10_with_missed`."""
+    pred = np.full((len(dataset), dataset.meta["num_keypoints"], 2), np.nan)
+    confidence = np.full(pred.shape[:2], np.nan)
+    files = list(dict.fromkeys(r["file"] for r in dataset.records))
+    unreadable, missed = [], []
+    for start in tqdm(range(0, len(files), batch_size), desc="detect + landmarks", unit="batch", dynamic_ncols=True):
+        chunk, images = [], []
+        for file in files[start:start + batch_size]:
+            try:
+                images.append(read_image(dataset.data_root / file))
+                chunk.append(file)
+            except DataError:
+                unreadable.append(str(dataset.data_root / file))
+        for file, faces in zip(chunk, landmarker.faces(images)):
+            for index in (i for i, r in enumerate(dataset.records) if r["file"] == file):
+                overlap = box_iou(dataset.records[index]["box"][None], np.stack([f.box for f in faces])
+                                  )[0] if faces else np.zeros(0)
+                if overlap.size and overlap.max() >= MATCH_IOU:
+                    face = faces[int(overlap.argmax())]
+                    pred[index], confidence[index] = face.landmarks, face.confidence
+                else:
+                    missed.append(file)
+    metrics = scored_metrics(dataset, pred, confidence, sorted(unreadable))
+    metrics.update(faces_missed=len(missed), missed_images=missed, score_threshold=landmarker.threshold)
+    failures = metrics[f"failure_rate_{FAILURE_THRESHOLD:g}"] / 100 * metrics["num_images"]
+    metrics[f"failure_rate_{FAILURE_THRESHOLD:g}_with_missed"] = (failures + len(missed)) / (
+        metrics["num_images"] + len(missed)) * 100
     return metrics, pred
 
 
@@ -179,6 +225,12 @@ def format_summary(metrics: dict) -> str:
     for key in ("nme_by_box_size", "per_region_nme"):
         if key in metrics:
             lines.append(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics[key].items()))
+    if "faces_missed" in metrics:
+        lines.append(f"with the detector's boxes (score >= {metrics['score_threshold']:g}): {metrics['faces_missed']} "
+                     f"faces missed; failure rate@{FAILURE_THRESHOLD:g} counting them "
+                     f"{metrics[f'failure_rate_{FAILURE_THRESHOLD:g}_with_missed']:.2f}%")
+    if metrics.get("unlabelled_landmarks"):
+        lines.append(f"{metrics['unlabelled_landmarks']} landmarks not labelled (COCO visibility 0) were left out")
     return "\n".join(lines)
 
 
@@ -194,6 +246,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=positive_int, default=64, help="crops per forward pass")
     parser.add_argument("--num-workers", type=non_negative_int, default=2, help="DataLoader worker processes")
     parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's prediction")
+    parser.add_argument("--detector", help="best.pth of tools/train_detector.py: crop around the face boxes it "
+                        "finds instead of the annotated ones (faces it misses are counted)")
+    parser.add_argument("--score-threshold", type=fraction, default=0.5, help="with --detector, the least score "
+                        "of a face")
     parser.add_argument("--out", help="write all metrics to this JSON file")
     parser.add_argument("--vis", type=non_negative_int, default=0, metavar="N",
                         help="write ced.png and overlays of the N worst and N random images")
@@ -222,18 +278,22 @@ def main(argv: list[str] | None = None) -> int:
         check_output_file(args.out, "--out")
     if args.vis:
         check_output_folder(args.vis_dir, "--vis-dir")
-    device = pick_device(args.device)
-    model, checkpoint, crop = load_landmark_model(args.checkpoint, map_location="cpu")
+    predictor = LandmarkPredictor(args.checkpoint, args.device, args.flip_test)
+    crop, model = predictor.crop, predictor.model
     dataset = LandmarkDataset(args.ann, args.data_root, crop.input_size, padding=crop.box_padding,
                               meta_override=read_meta_file(args.meta) if args.meta else None)
     if dataset.meta["num_keypoints"] != model.config["num_keypoints"]:
         raise DataError(f"{args.ann}: has {dataset.meta['num_keypoints']} landmarks per face, the "
                         f"checkpoint {args.checkpoint} predicts {model.config['num_keypoints']}")
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                        pin_memory=device.type == "cuda", collate_fn=collate_readable)
-    metrics, pred = evaluate(model.to(device), loader, device, args.flip_test)
+    if args.detector:
+        landmarker = FaceLandmarker(predictor, FaceDetector(args.detector, args.device), args.score_threshold)
+        metrics, pred = evaluate_with_detector(landmarker, dataset, args.batch_size)
+    else:
+        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+                            pin_memory=predictor.device.type == "cuda", collate_fn=collate_readable)
+        metrics, pred = evaluate(model, loader, predictor.device, args.flip_test)
     metrics.update(checkpoint=str(args.checkpoint), ann=str(args.ann), flip_test=args.flip_test,
-                   epoch=checkpoint.get("epoch"))
+                   detector=args.detector, epoch=predictor.checkpoint.get("epoch"))
     for path in metrics["unreadable_images"]:
         print(f"warning: {path}: cannot read image; left out of the metrics", file=sys.stderr)
     print(format_summary(metrics))

@@ -8,6 +8,8 @@ Conventions (the "unbiased" pixel-centre convention, UDP):
 - A heatmap of stride r relates to the input by x_heatmap = (x_input + 0.5) / r - 0.5, so
   pixel edges line up and a horizontal flip of the input is a flip of the heatmap.
 - Mirroring a row of `width` pixels maps x to width - 1 - x.
+- torchvision's detectors put pixel edges at integers instead (an image spans 0..width);
+  `to_pixel_edges` and `from_pixel_edges` convert face boxes between the two.
 
 Functions accept NumPy arrays and, where noted, torch tensors.
 """
@@ -91,6 +93,25 @@ def flip_points(points, flip_index, width: int):
     flipped = points[..., list(flip_index), :]
     flipped[..., 0] = (width - 1) - flipped[..., 0]
     return flipped
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (N, 4) with every box in b (M, 4): (N, M)."""
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
+    area = lambda boxes: np.prod(boxes[:, 2:] - boxes[:, :2], axis=-1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
+
+
+def to_pixel_edges(boxes: np.ndarray) -> np.ndarray:
+    """Boxes (..., 4) in this project's convention to torchvision's detectors' (pixel edges at integers)."""
+    return boxes + 0.5
+
+
+def from_pixel_edges(boxes: np.ndarray) -> np.ndarray:
+    """Boxes (..., 4) from torchvision's detectors' convention to this project's (pixel centres at integers)."""
+    return boxes - 0.5
 
 
 def input_to_heatmap(points, stride: float):

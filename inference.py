@@ -1,16 +1,20 @@
-"""Landmarks for new images: the one path from an image and a face box to landmarks in its pixels.
+"""Landmarks for new images: the one path from an image to its faces and their landmarks.
 
-tools/predict.py and evaluate.py call it; crops are cut exactly as in training, with the crop
-geometry the checkpoint carries (geometry.CropGeometry).
+`FaceLandmarker` finds the faces (face detector, given boxes, or the whole image) and places
+the landmarks on each; tools/predict.py (photos and videos) and evaluate.py call it. Crops are
+cut exactly as in training, with the crop geometry the checkpoint carries (geometry.CropGeometry).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
-from geometry import apply_affine, invert_affine, warp_image
+from detector import detect_faces, load_detector
+from geometry import apply_affine, crop_affine, invert_affine, warp_image
 from model import LandmarkModel, load_landmark_model
 from run_utils import pick_device
 
@@ -46,3 +50,85 @@ class LandmarkPredictor:
         crops = np.stack([warp_image(image, affine, size) for image, affine in zip(images, affines)])
         crops = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).to(self.device).float()
         return predict_crops(self.model, crops, affines, self.flip_index)
+
+
+@dataclass
+class Face:
+    """A face in an image: its box (x1, y1, x2, y2), the detector's score (1 for a box that was
+    given), its landmarks (K, 2) in image pixels and their confidences (K,), and the id of the
+    track it belongs to in a video."""
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+    confidence: np.ndarray
+    face_id: int | None = None
+
+
+class FaceDetector:
+    """A face-detector checkpoint of tools/train_detector.py ready for images."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto"):
+        self.model, self.checkpoint = load_detector(checkpoint, map_location="cpu")
+        self.device = pick_device(device)
+        self.model.to(self.device)
+
+    def boxes(self, images: list[np.ndarray], threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The face boxes (N, 4) and scores (N,) of each image that score at least `threshold`."""
+        found = detect_faces(self.model, images, self.device)
+        return [(boxes[scores >= threshold], scores[scores >= threshold]) for boxes, scores in found]
+
+
+class FaceLandmarker:
+    """Image in, faces with landmarks out: the one path that prediction, `evaluate.py --detector`
+    and the video loop share. Faces come from given boxes, else from the detector (those scoring
+    at least `threshold`), else the whole image is taken as the face; the landmark model then
+    places the landmarks of all faces of a batch of images in one batch."""
+
+    def __init__(self, predictor: LandmarkPredictor, detector: FaceDetector | None = None, threshold: float = 0.5):
+        self.predictor, self.detector, self.threshold = predictor, detector, threshold
+
+    def find_boxes(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Face boxes and scores per image: the detector's, or the whole image (score 1) without one."""
+        if self.detector is not None:
+            return self.detector.boxes(images, self.threshold)
+        return [(np.array([[-0.5, -0.5, image.shape[1] - 0.5, image.shape[0] - 0.5]]), np.ones(1)) for image in images]
+
+    def faces(self, images: list[np.ndarray], boxes: list[np.ndarray | None] | None = None) -> list[list[Face]]:
+        """The faces of each image. `boxes[i]` (M, 4), where given, are image i's faces (score 1)."""
+        boxes = boxes or [None] * len(images)
+        missing = [i for i, given in enumerate(boxes) if given is None]
+        found = dict(zip(missing, self.find_boxes([images[i] for i in missing]))) if missing else {}
+        per_image = [(given, np.ones(len(given))) if given is not None else found[i] for i, given in enumerate(boxes)]
+        flat = [(i, box, score) for i, (image_boxes, scores) in enumerate(per_image)
+                for box, score in zip(image_boxes, scores)]
+        result: list[list[Face]] = [[] for _ in images]
+        if flat:
+            points, confidence = self.predictor.landmarks([images[i] for i, _, _ in flat], [b for _, b, _ in flat])
+            for (i, box, score), face_points, face_confidence in zip(flat, points, confidence):
+                result[i].append(Face(np.asarray(box, dtype=np.float64), float(score), face_points, face_confidence))
+        return result
+
+
+def region_crops(image: np.ndarray, face: Face, regions: dict[str, list[int]], size: int = 96,
+                 margin: float = 0.5) -> dict[str, np.ndarray]:
+    """A size x size crop of each region of a face (eyes, ears, mouth, ...), for classifiers trained
+    on them: the square around the region's landmarks, grown by `margin` of its side on each side
+    and at least a sixth of the face box's side, cut as the landmark crops are (geometry.py)."""
+    face_side = max(face.box[2] - face.box[0], face.box[3] - face.box[1])
+    crops = {}
+    for name, indices in regions.items():
+        points = face.landmarks[indices]
+        low, high = points.min(axis=0), points.max(axis=0)
+        side = max(float((high - low).max()) * (1 + 2 * margin), face_side / 6)
+        crops[name] = warp_image(image, crop_affine((low + high) / 2, side, size), size)
+    return crops
+
+
+def save_region_crops(image: np.ndarray, faces: list[Face], meta: dict, folder: Path, prefix: str,
+                      size: int) -> None:
+    """Each face's region crops (the keypoint metadata's regions) as FOLDER/PREFIXface{id or number}_{region}.png."""
+    folder.mkdir(exist_ok=True)
+    for number, face in enumerate(faces, start=1):
+        label = face.face_id if face.face_id is not None else number
+        for name, crop in region_crops(image, face, meta["regions"], size).items():
+            cv2.imwrite(str(folder / f"{prefix}face{label}_{name}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))

@@ -69,10 +69,11 @@ class LandmarkModel(nn.Module):
     """Backbone -> top-down FPN fused at stride 4 -> K heatmap logits, decoded by `codec`."""
 
     def __init__(self, backbone: str, num_keypoints: int, neck_channels: int = 64, beta_init: float = 16.0,
-                 sigma: float = 2.0, pretrained: bool = False, pretrained_path: str | None = None):
+                 sigma: float = 2.0, coord_loss: str = "l1", spread_weight: float = 0.01, pretrained: bool = False,
+                 pretrained_path: str | None = None):
         super().__init__()
         self.config = {"backbone": backbone, "num_keypoints": num_keypoints, "neck_channels": neck_channels,
-                       "beta_init": beta_init, "sigma": sigma}
+                       "beta_init": beta_init, "sigma": sigma, "coord_loss": coord_loss, "spread_weight": spread_weight}
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.backbone = create_backbone(backbone, pretrained, pretrained_path)
@@ -89,7 +90,7 @@ class LandmarkModel(nn.Module):
             nn.BatchNorm2d(neck_channels), nn.ReLU(inplace=True),
             nn.Conv2d(neck_channels, num_keypoints, 1),
         )
-        self.codec = HeatmapCodec(num_keypoints, sigma, beta_init)
+        self.codec = HeatmapCodec(num_keypoints, sigma, beta_init, coord_loss, spread_weight)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Heatmap logits (B, K, S/4, S/4) for float images in 0..255, RGB, (B, 3, S, S)."""

@@ -6,6 +6,8 @@ says which process this is, and only rank 0 writes files.
 """
 from __future__ import annotations
 
+import argparse
+import itertools
 import json
 import math
 import os
@@ -196,6 +198,52 @@ def write_json(path: str | Path, value, indent: int | None = None) -> None:
     """Strict JSON (NaN and infinities as null), written atomically."""
     text = json.dumps(strict_json(value), indent=indent, allow_nan=False)
     write_atomically(Path(path), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+
+
+def resumed_settings(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace,
+                     saved: dict, may_change: tuple[str, ...]) -> argparse.Namespace:
+    """The settings of the run being resumed (`saved`, its checkpoint's args), with the flags in
+    `may_change` taken from the command line; any other flag given that contradicts the run is
+    refused in one line."""
+    unset = object()
+    probe = parser.parse_args(argv, argparse.Namespace(**{dest: unset for dest in vars(args)}))
+    given = {dest for dest, value in vars(probe).items() if value is not unset}
+    defaults = vars(parser.parse_args([]))
+    for dest in sorted(given - set(may_change)):
+        if getattr(args, dest) != saved.get(dest, defaults[dest]):
+            flag = "--" + dest.replace("_", "-")
+            run_value = saved.get(dest, defaults[dest])
+            raise UsageError(f"{flag} {getattr(args, dest)}: the run being resumed has {run_value}; "
+                             f"--resume continues a run with its own settings (leave {flag} out, or start a new "
+                             "run in another --work-dir)")
+    settings = {**defaults, **{k: v for k, v in saved.items() if k in defaults}}
+    settings.update({dest: getattr(args, dest) for dest in given & set(may_change)})
+    settings["work_dir"] = args.work_dir or str(Path(args.resume).parent)
+    return argparse.Namespace(**settings)
+
+
+def holds_a_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in ("last.pth", "best.pth", "metrics.jsonl"))
+
+
+def choose_work_dir(work_dir: str | None, default: str, resuming: bool) -> str:
+    """The run folder: --work-dir (refused if it holds another run, unless resuming it), else
+    `default`, or the first of default-2, -3, ... that holds no run: never overwrite one."""
+    if resuming:
+        return work_dir
+    if work_dir is not None:
+        if holds_a_run(Path(work_dir)):
+            raise UsageError(f"--work-dir {work_dir}: holds a run already; continue it with --resume "
+                             f"{Path(work_dir) / 'last.pth'}, or choose another folder")
+        return work_dir
+    base = folder = Path(default)
+    for n in itertools.count(2):
+        if not holds_a_run(folder):
+            break
+        folder = base.with_name(f"{base.name}-{n}")
+    if folder != base:
+        print(f"{base} holds an earlier run; this one goes to {folder}")
+    return str(folder)
 
 
 class MetricsLog:

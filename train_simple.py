@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import json
 import math
 import os
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from checkpoints import CHECKPOINT_FORMAT, LANDMARKS, TRAINING_STATE_KEYS, read_checkpoint, save_checkpoint
+from codec import COORD_LOSSES
 from dataset import Augmentation, EpochSampler, LandmarkDataset, collate_readable, read_meta_file
 from errors import (CheckpointError, CommandLineParser, DataError, Interrupted, TrainingStopped, UsageError,
                     UserFacingError, fraction, multiple_of_32, non_negative_float, non_negative_int, number_type,
@@ -44,7 +44,8 @@ from evaluate import evaluate
 from geometry import CropGeometry
 from model import LandmarkModel
 from run_utils import (MetricsLog, StopRequest, broadcast_buffers, broadcast_from_rank0, check_output_folder,
-                       check_writable, ignore_ctrl_c, seed_everything, setup_distributed, sum_across_ranks)
+                       check_writable, choose_work_dir, ignore_ctrl_c, resumed_settings, seed_everything,
+                       setup_distributed, sum_across_ranks)
 from visualize import plot_training_curves
 
 DEFAULT_ANN_ROOT = "data/dogflw/annotations"
@@ -95,7 +96,11 @@ def build_parser() -> CommandLineParser:
     loss.add_argument("--heatmap-loss-weight", type=non_negative_float, default=1.0,
                       help="MSE against Gaussian heatmap targets")
     loss.add_argument("--coord-loss-weight", type=non_negative_float, default=1.0,
-                      help="L1 on soft-argmax coordinates")
+                      help="the coordinate term on the soft-argmax landmarks")
+    loss.add_argument("--coord-loss", choices=COORD_LOSSES, default="l1", help="l1: L1 distance; star: the "
+                      "distance in the predicted distribution's spread (an edge's ambiguity costs less), codec.py")
+    loss.add_argument("--spread-weight", type=non_negative_float, default=0.01, help="with --coord-loss star, the "
+                      "weight of the distribution's variance (heatmap px^2)")
     loss.add_argument("--keypoint-weights", help="JSON file with one weight per landmark for both losses "
                       "(default: the annotations' keypoint_weights, else all 1)")
     opt = parser.add_argument_group("optimisation")
@@ -140,53 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.coord_loss_weight == 0 and args.heatmap_loss_weight == 0:
         parser.error("--heatmap-loss-weight and --coord-loss-weight are both 0: nothing would be learned")
     if args.resume:
-        args = resumed_settings(parser, argv, args)
+        saved = read_checkpoint(args.resume, LANDMARKS, mmap=True).get("args") or {}
+        args = resumed_settings(parser, argv, args, saved, RESUME_MAY_CHANGE)
     return args
-
-
-def resumed_settings(parser: CommandLineParser, argv: list[str] | None, args: argparse.Namespace
-                     ) -> argparse.Namespace:
-    """The settings of the run --resume names, with the flags a resume may change taken from the
-    command line; a flag that contradicts the run is refused."""
-    saved = read_checkpoint(args.resume, LANDMARKS, mmap=True).get("args") or {}
-    unset = object()
-    probe = parser.parse_args(argv, argparse.Namespace(**{dest: unset for dest in vars(args)}))
-    given = {dest for dest, value in vars(probe).items() if value is not unset}
-    defaults = vars(parser.parse_args([]))
-    for dest in sorted(given - set(RESUME_MAY_CHANGE)):
-        if getattr(args, dest) != saved.get(dest, defaults[dest]):
-            flag = "--" + dest.replace("_", "-")
-            raise UsageError(f"{flag} {getattr(args, dest)}: the run being resumed has {saved.get(dest, defaults[dest])}; "
-                             f"--resume continues a run with its own settings (leave {flag} out, or start a new "
-                             "run in another --work-dir)")
-    settings = {**defaults, **{k: v for k, v in saved.items() if k in defaults}}
-    settings.update({dest: getattr(args, dest) for dest in given & set(RESUME_MAY_CHANGE)})
-    settings["work_dir"] = args.work_dir or str(Path(args.resume).parent)
-    return argparse.Namespace(**settings)
-
-
-def holds_a_run(folder: Path) -> bool:
-    return any((folder / name).exists() for name in ("last.pth", "best.pth", "metrics.jsonl"))
-
-
-def choose_work_dir(args: argparse.Namespace) -> str:
-    """The run folder: --work-dir (refused if it holds another run, unless resuming it), else
-    work_dirs/<backbone>_<size>, or the first of -2, -3, ... that holds no run: never overwrite one."""
-    if args.resume:
-        return args.work_dir
-    if args.work_dir is not None:
-        if holds_a_run(Path(args.work_dir)):
-            raise UsageError(f"--work-dir {args.work_dir}: holds a run already; continue it with --resume "
-                             f"{Path(args.work_dir) / 'last.pth'}, or choose another folder")
-        return args.work_dir
-    base = folder = Path(f"work_dirs/{args.backbone}_{args.input_size}")
-    for n in itertools.count(2):
-        if not holds_a_run(folder):
-            break
-        folder = base.with_name(f"{base.name}-{n}")
-    if folder != base:
-        print(f"{base} holds an earlier run; this one goes to {folder}")
-    return str(folder)
 
 
 def prepare_annotations(ann_root: Path, data_root: str | None) -> tuple[Path, Path]:
@@ -456,7 +417,8 @@ class Run:
         run stood; enough for evaluation, prediction and export."""
         return {
             "format": CHECKPOINT_FORMAT, "kind": LANDMARKS, "model_config": self.model.config,
-            "model": self.eval_model.state_dict(), "crop": asdict(CropGeometry(self.args.input_size, self.args.box_padding)),
+            "model": self.eval_model.state_dict(),
+            "crop": asdict(CropGeometry(self.args.input_size, self.args.box_padding)),
             "keypoint_meta": self.meta, "epoch": epoch, "best_nme": self.best_nme, "metrics": self.metrics,
             "args": vars(self.args), "annotations": self.annotations,
         }
@@ -477,6 +439,7 @@ def create_model(args: argparse.Namespace, num_keypoints: int, checkpoint: dict 
     later), else new, with the backbone weights --no-pretrained and --pretrained-path ask for."""
     if checkpoint is None:
         return LandmarkModel(args.backbone, num_keypoints, args.neck_channels, sigma=args.sigma,
+                             coord_loss=args.coord_loss, spread_weight=args.spread_weight,
                              pretrained=not args.no_pretrained, pretrained_path=args.pretrained_path)
     if checkpoint["model_config"]["num_keypoints"] != num_keypoints:
         raise CheckpointError(f"{args.resume}: predicts {checkpoint['model_config']['num_keypoints']} "
@@ -685,7 +648,8 @@ def set_up(args: argparse.Namespace) -> tuple[Run, Data, tuple[int, int]]:
     seed_everything(args.seed)
     rank, world_size, device = setup_distributed(args.device)
     checkpoint = read_resume_checkpoint(args) if args.resume else None
-    args.work_dir = broadcast_from_rank0(choose_work_dir(args) if rank == 0 else None)
+    default = f"work_dirs/{args.backbone}_{args.input_size}"
+    args.work_dir = broadcast_from_rank0(choose_work_dir(args.work_dir, default, args.resume) if rank == 0 else None)
     train_set, val_set = load_datasets(args, world_size)
     meta = train_set.meta
     model = create_model(args, meta["num_keypoints"], checkpoint)

@@ -19,34 +19,67 @@ from run_utils import MetricsLog
 OVERLAY_MIN_SIDE = 800  # overlays of small images are enlarged to this long side before drawing
 
 
+class Drawing:
+    """An RGB canvas to draw on in image pixels: a copy of the image, enlarged (when `enlarge`) to
+    OVERLAY_MIN_SIDE on its long side so that dozens of landmarks stay apart, with mark sizes
+    that follow the face size `face_side` (image pixels)."""
+
+    def __init__(self, image: np.ndarray, face_side: float, enlarge: bool = True):
+        self.zoom = max(1.0, OVERLAY_MIN_SIDE / max(image.shape[:2])) if enlarge else 1.0
+        self.canvas = (cv2.resize(image, None, fx=self.zoom, fy=self.zoom, interpolation=cv2.INTER_CUBIC)
+                       if self.zoom > 1 else image.copy())
+        self.radius = max(2, round(face_side * self.zoom / 100))
+        self.width = max(1, round(face_side * self.zoom / 300))
+
+    def at(self, point: np.ndarray) -> tuple[int, int]:
+        """Image pixels (centres at integers) to canvas pixels."""
+        return tuple(int(v) for v in np.round((np.asarray(point) + 0.5) * self.zoom - 0.5))
+
+    def box(self, box: np.ndarray, colour=(40, 120, 255)) -> None:
+        cv2.rectangle(self.canvas, self.at(box[:2]), self.at(box[2:]), colour, self.width, cv2.LINE_AA)
+
+    def points(self, points: np.ndarray, colour, grow: int = 0) -> None:
+        for point in points:
+            cv2.circle(self.canvas, self.at(point), self.radius + grow, colour, -1, cv2.LINE_AA)
+
+    def text(self, text: str, origin: tuple[int, int] | None = None, scale: float | None = None) -> None:
+        """White text on a dark outline, at the top left unless `origin` (canvas pixels) says."""
+        scale = scale or max(self.canvas.shape[:2]) / 900
+        origin = origin or (round(10 * scale), round(34 * scale))
+        for colour, width in (((0, 0, 0), max(3, round(6 * scale))), ((255, 255, 255), max(1, round(2 * scale)))):
+            cv2.putText(self.canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, width, cv2.LINE_AA)
+
+
 def draw_landmarks(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None,
                    box: np.ndarray | None = None, text: str | None = None) -> np.ndarray:
-    """An RGB overlay: ground truth (green), predictions (red), error lines (yellow), the face box
-    (blue) and a caption in white on a dark outline. A small image is enlarged first (to
-    OVERLAY_MIN_SIDE on its long side) so that dozens of landmarks stay apart; the overlay is then
-    that size, and the points are scaled with it."""
-    zoom = max(1.0, OVERLAY_MIN_SIDE / max(image.shape[:2]))
-    canvas = cv2.resize(image, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_CUBIC) if zoom > 1 else image.copy()
-    face = (max(box[2] - box[0], box[3] - box[1]) if box is not None else max(image.shape[:2]) / 2) * zoom
-    radius, line = max(2, round(face / 100)), max(1, round(face / 300))
-
-    def at(point: np.ndarray) -> tuple[int, int]:  # sub-pixel centre convention -> drawing pixels
-        return tuple(int(v) for v in np.round((np.asarray(point) + 0.5) * zoom - 0.5))
+    """An RGB overlay (enlarged, see Drawing): ground truth (green), predictions (red), error lines
+    (yellow), the face box (blue) and a caption."""
+    face = max(box[2] - box[0], box[3] - box[1]) if box is not None else max(image.shape[:2]) / 2
+    drawing = Drawing(image, face)
     if box is not None:
-        cv2.rectangle(canvas, at(box[:2]), at(box[2:]), (40, 120, 255), line, cv2.LINE_AA)
+        drawing.box(box)
     if gt is not None:
         for p, g in zip(pred, gt):
-            cv2.line(canvas, at(p), at(g), (255, 220, 0), line, cv2.LINE_AA)
-        for g in gt:
-            cv2.circle(canvas, at(g), radius + 1, (0, 200, 0), -1, cv2.LINE_AA)
-    for p in pred:
-        cv2.circle(canvas, at(p), radius, (230, 0, 0), -1, cv2.LINE_AA)
+            cv2.line(drawing.canvas, drawing.at(p), drawing.at(g), (255, 220, 0), drawing.width, cv2.LINE_AA)
+        drawing.points(gt, (0, 200, 0), grow=1)
+    drawing.points(pred, (230, 0, 0))
     if text:
-        scale = max(canvas.shape[:2]) / 900
-        origin = (round(10 * scale), round(34 * scale))
-        for colour, width in (((0, 0, 0), max(3, round(6 * scale))), ((255, 255, 255), max(1, round(2 * scale)))):
-            cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, width, cv2.LINE_AA)
-    return canvas
+        drawing.text(text)
+    return drawing.canvas
+
+
+def draw_faces(image: np.ndarray, faces: list, enlarge: bool = True) -> np.ndarray:
+    """An RGB picture of found faces (inference.Face): each box (blue) labelled with its id (in a
+    video) or number and the detector's score, and its landmarks (red)."""
+    sides = [max(f.box[2] - f.box[0], f.box[3] - f.box[1]) for f in faces] or [max(image.shape[:2]) / 2]
+    drawing = Drawing(image, float(np.median(sides)), enlarge)
+    for number, face in enumerate(faces, start=1):
+        drawing.box(face.box)
+        drawing.points(face.landmarks, (230, 0, 0))
+        label = f"{'id ' + str(face.face_id) if face.face_id is not None else '#' + str(number)} {face.score:.2f}"
+        x, y = drawing.at(face.box[:2])
+        drawing.text(label, (x, max(12, y - 6)), scale=max(0.4, drawing.radius / 5))
+    return drawing.canvas
 
 
 def write_visualisations(dataset: LandmarkDataset, pred: np.ndarray, per_image_nme: np.ndarray, count: int,

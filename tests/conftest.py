@@ -135,3 +135,47 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
         "--ann-root", str(base / "ann"), "--backbone", "resnet18", "--input-size", "64", "--no-pretrained",
         "--batch-size", "8", "--num-workers", "0", "--epochs", "1", "--work-dir", str(base / "run")]))
     return {"root": root, "ann": base / "ann", "run": base / "run", "checkpoint": base / "run" / "best.pth"}
+
+
+def two_face_scene(root: Path, out: Path, names=("val_0000", "val_0001")) -> tuple[np.ndarray, np.ndarray]:
+    """A picture of two face images of `root`'s val split side by side, 8 px apart, written to
+    `out`; returns their boxes (2, 4) and landmarks (2, K, 2) in it."""
+    faces = [cv2.imread(str(root / "val" / "images" / f"{name}.png")) for name in names]
+    labels = [json.loads((root / "val" / "labels" / f"{name}.json").read_text()) for name in names]
+    side = faces[0].shape[0]
+    scene = np.zeros((side, 2 * side + 8, 3), dtype=np.uint8)
+    scene[:, :side], scene[:, side + 8:] = faces
+    cv2.imwrite(str(out), scene)
+    shift = np.array([[0.0, 0.0], [side + 8.0, 0.0]])
+    boxes = np.array([[float(v) for v in label["bounding_boxes"]] for label in labels]) + np.tile(shift, 2)
+    landmarks = np.array([label["landmarks"] for label in labels]) + shift[:, None, :]
+    return boxes, landmarks
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
+    """An MJPEG AVI of RGB frames (every frame a JPEG of its own, so one can be broken on purpose)."""
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def break_video_frame(path: Path, index: int) -> None:
+    """Overwrite the start of frame `index`'s JPEG in an MJPEG AVI, so that it cannot be decoded."""
+    data = bytearray(path.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    data[starts[index] + 2:starts[index] + 400] = bytes(398)
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tiny_run, tmp_path_factory) -> Path:
+    """best.pth of a one-epoch detector run on the tiny faces (it need not find them well)."""
+    from tools import train_detector
+    run = tmp_path_factory.mktemp("tiny_detector") / "run"
+    assert train_detector.main(["--ann-root", str(tiny_run["ann"]), "--no-pretrained", "--epochs", "1",
+                                "--batch-size", "4", "--num-workers", "0", "--min-size", "64", "--max-size", "96",
+                                "--work-dir", str(run)]) == 0
+    return run / "best.pth"

@@ -5,7 +5,7 @@ import torch
 
 import evaluate
 import train_simple
-from tools import benchmark, convert_dogflw_to_coco, export_onnx, predict
+from tools import benchmark, convert_dogflw_to_coco, export_onnx, predict, train_detector
 
 TRAIN = ["--backbone", "resnet18", "--input-size", "64", "--no-pretrained", "--batch-size", "4", "--num-workers", "0",
          "--epochs", "1"]
@@ -16,7 +16,10 @@ BAD_NUMBERS = {
                    "--aug-rotation -5", "--max-unreadable 1.5", "--max-nonfinite-steps 0", "--warmup-epochs -1",
                    "--weight-decay -1", "--seed 1.5", "--lr nan", "--heatmap-loss-weight 0 --coord-loss-weight 0"],
     evaluate: ["--batch-size 0", "--num-workers -1", "--vis -1"],
-    predict: ["--batch-size 0", "--batch-size 2.5"],
+    predict: ["--batch-size 0", "--batch-size 2.5", "--score-threshold 1.5", "--detect-every 0", "--smooth -1",
+              "--region-size 0"],
+    train_detector: ["--epochs 0", "--batch-size 0", "--lr 0", "--min-size 100", "--max-size 0", "--num-workers -1",
+                     "--weight-decay -1", "--model yolo"],
     export_onnx: ["--opset 0", "--check-batch 0"],
     benchmark: ["--batch-size 0", "--input-size 0", "--input-size 200", "--steps 0", "--warmup -1", "--repeats 0",
                 "--num-keypoints 0", "--num-workers -1"],
@@ -27,10 +30,13 @@ BAD_PATHS = {  # FILE: an existing plain file, DIR: an existing folder, MISSING:
                    "--crop-cache FILE", "--ann-root MISSING --data-root MISSING", "--ann-root FILE --data-root DIR",
                    "--backbone nosuchnet", "--device gpu", "--device cuda", "--device cuda:3"],
     evaluate: ["--checkpoint MISSING", "--checkpoint DIR", "--checkpoint FILE", "--ann MISSING", "--ann DIR",
+               "--detector MISSING", "--detector CHECKPOINT", "--score-threshold -0.1",
                "--ann FILE", "--out DIR", "--out FILE/m.json", "--vis 1 --vis-dir FILE", "--meta MISSING",
                "--data-root MISSING", "--device gpu", "--device cuda"],
     predict: ["--checkpoint MISSING", "--checkpoint DIR", "--out FILE", "--out FILE/sub", "--device cuda",
-              "--boxes MISSING", "--boxes DIR"],
+              "--boxes MISSING", "--boxes DIR", "--detector MISSING", "--detector FILE", "--detector CHECKPOINT"],
+    train_detector: ["--work-dir FILE", "--work-dir FILE/run", "--resume MISSING", "--resume CHECKPOINT",
+                     "--ann-root MISSING --data-root MISSING", "--device gpu", "--device cuda"],
     export_onnx: ["--checkpoint MISSING", "--out DIR", "--out FILE/m.onnx", "--out CHECKPOINT"],
     benchmark: ["--ann MISSING", "--ann DIR", "--device gpu", "--device cuda"],
     convert_dogflw_to_coco: ["--dogflw_root MISSING", "--dogflw_root FILE", "--out_dir FILE", "--out_dir FILE/ann",
@@ -50,6 +56,8 @@ def base_args(script, tiny_run, tmp_path) -> list[str]:
         benchmark: ["--backbone", "resnet18", "--input-size", "64", "--batch-size", "2", "--steps", "1",
                     "--warmup", "0", "--repeats", "1", "--device", "cpu"],
         convert_dogflw_to_coco: ["--dogflw_root", str(tiny_run["root"]), "--out_dir", out],
+        train_detector: ["--ann-root", str(tiny_run["ann"]), "--no-pretrained", "--epochs", "1", "--batch-size", "4",
+                         "--num-workers", "0", "--min-size", "64", "--max-size", "96", "--work-dir", str(tmp_path / "d")],
     }[script]
 
 

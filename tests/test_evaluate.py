@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader
 import evaluate
 from conftest import BROKEN_CHECKPOINTS, DOGFLW_META, write_broken_checkpoint
 from codec import HEATMAP_STRIDE, heatmap_targets
-from dataset import LandmarkDataset, collate_readable
+from dataset import LandmarkDataset, collate_readable, read_image
 from evaluate import compute_metrics
-from inference import predict_crops
+from inference import FaceLandmarker, LandmarkPredictor, predict_crops
 from model import LandmarkModel, load_landmark_model
 from tools.convert_dogflw_to_coco import convert
 
@@ -188,3 +188,28 @@ def test_evaluate_honours_coco_visibility_and_writes_strict_json(tiny_run, tmp_p
     expected = (np.linalg.norm(pred - gt, axis=-1)[:, others].mean(axis=1) / iod).mean() * 100
     assert metrics["nme_iod"] == pytest.approx(expected) and metrics["unlabelled_landmarks"] == 8
     assert metrics["per_landmark_nme"]["nose"] is None and metrics["per_region_nme"]["lower"] is not None
+
+
+def test_with_the_detector_each_face_takes_its_best_overlapping_detection_and_misses_are_counted(tiny_run):
+    """A stand-in detector that returns each image's annotated box (plus a far-off one), except for
+    image 3, where it finds nothing: the metrics equal those with the annotated boxes, less image 3."""
+    dataset = LandmarkDataset(tiny_run["ann"] / "val.json", None, 64)
+    boxes = {str(dataset.data_root / r["file"]): r["box"] for r in dataset.records}
+    decoy = np.array([[0.0, 0.0, 8.0, 8.0]])
+
+    class AnnotatedBoxes:
+        def boxes(self, images, threshold):
+            found = [next(b for f, b in boxes.items() if np.array_equal(read_image(f), image)) for image in images]
+            return [(np.empty((0, 4)), np.empty(0)) if np.array_equal(box, dataset.records[3]["box"])
+                    else (np.concatenate([decoy, box[None]]), np.array([0.95, 0.9])) for box in found]
+
+    landmarker = FaceLandmarker(LandmarkPredictor(tiny_run["checkpoint"], "cpu"), AnnotatedBoxes())
+    metrics, pred = evaluate.evaluate_with_detector(landmarker, dataset, batch_size=3)
+    model, _, _ = load_landmark_model(tiny_run["checkpoint"])
+    _, annotated = evaluate.evaluate(model, DataLoader(dataset, batch_size=4, collate_fn=collate_readable), "cpu")
+    kept = [i for i in range(8) if i != 3]
+    np.testing.assert_allclose(pred[kept], annotated[kept], atol=1e-4)
+    assert np.isnan(pred[3]).all() and metrics["num_images"] == 7 and metrics["faces_missed"] == 1
+    assert metrics["missed_images"] == [dataset.records[3]["file"]]
+    failures = metrics["failure_rate_10"] / 100 * 7
+    assert metrics["failure_rate_10_with_missed"] == pytest.approx((failures + 1) / 8 * 100)

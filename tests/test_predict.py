@@ -1,3 +1,4 @@
+import csv
 import json
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from conftest import BROKEN_CHECKPOINTS, run_cli, write_broken_checkpoint
+from conftest import BROKEN_CHECKPOINTS, break_video_frame, run_cli, two_face_scene, write_broken_checkpoint, write_video
 from dataset import LandmarkDataset, collate_readable, read_image
 from evaluate import predict_dataset
 from model import load_landmark_model
@@ -37,16 +38,17 @@ def test_folder_with_a_corrupt_file_and_a_missing_path(tiny_run, tmp_path):
     assert any("corrupt.png" in line and "cannot read image" in line for line in lines)
     assert any("missing.jpg" in line and "no such file" in line for line in lines)
     assert lines[-1].startswith("error: 2 input(s) failed")
-    assert "for 3 image(s)" in result.stdout
+    assert "the outputs of 3 input(s)" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == [f"val_000{i}{suffix}" for i in range(3)
                                                      for suffix in (".json", "_overlay.png")]
     for i in range(3):
         saved = load_result(out, f"val_000{i}")
         image = read_image(photos / f"val_000{i}.png")
         height, width = image.shape[:2]
-        assert saved["box"] == [-0.5, -0.5, width - 0.5, height - 0.5] and saved["box_source"] == "whole image"
-        assert np.shape(saved["landmarks"]) == (8, 2) and len(saved["keypoint_names"]) == 8
-        assert all(0.0 <= c <= 1.0 for c in saved["confidence"])
+        (face,) = saved["faces"]
+        assert face["box"] == [-0.5, -0.5, width - 0.5, height - 0.5] and face["box_source"] == "whole image"
+        assert np.shape(face["landmarks"]) == (8, 2) and len(saved["keypoint_names"]) == 8
+        assert all(0.0 <= c <= 1.0 for c in face["confidence"])
         assert cv2.imread(str(out / f"val_000{i}_overlay.png")).shape == (800, 800, 3)  # enlarged to draw on
 
 
@@ -68,10 +70,11 @@ def test_boxes_json_gives_the_evaluator_landmarks_in_original_pixels(tiny_run, t
                *(["--flip-test"] if flip_test else []))
     for name, record, points in zip(names[:-1], dataset.records, expected):
         saved = load_result(out, Path(name).stem)
-        assert saved["box_source"] == "--boxes" and saved["flip_test"] == flip_test
-        np.testing.assert_allclose(saved["box"], record["box"])
-        np.testing.assert_allclose(saved["landmarks"], points, atol=1e-3)
-    assert load_result(out, Path(names[-1]).stem)["box_source"] == "whole image"
+        (face,) = saved["faces"]
+        assert face["box_source"] == "--boxes" and saved["flip_test"] == flip_test
+        np.testing.assert_allclose(face["box"], record["box"], atol=1e-3)
+        np.testing.assert_allclose(face["landmarks"], points, atol=1e-3)
+    assert load_result(out, Path(names[-1]).stem)["faces"][0]["box_source"] == "whole image"
     assert f"{names[-1]}: not in {boxes}" in capsys.readouterr().err
 
 
@@ -87,7 +90,7 @@ def test_bbox_follows_the_face_when_the_photo_is_shifted(tiny_run, tmp_path):
                "--bbox", "10,12.5,60,70", "--out", str(tmp_path / "out_a"), "--device", "cpu")
     predict_ok("--checkpoint", str(tiny_run["checkpoint"]), str(tmp_path / "b" / "face.png"),
                "--bbox", "23,19.5,73,77", "--out", str(tmp_path / "out_b"), "--device", "cpu")
-    a, b = load_result(tmp_path / "out_a", "face"), load_result(tmp_path / "out_b", "face")
+    (a,), (b,) = (load_result(tmp_path / f"out_{n}", "face")["faces"] for n in "ab")
     assert a["box_source"] == "--bbox" and a["box"] == [10, 12.5, 60, 70]
     np.testing.assert_allclose(np.array(b["landmarks"]) - a["landmarks"], np.tile([13, 7], (8, 1)), atol=0.02)
 
@@ -140,3 +143,119 @@ def test_every_input_gets_its_own_outputs_whatever_the_names(tiny_run, tmp_path)
     assert written == {str(tmp_path / "a" / "x.png"), str(tmp_path / "a" / "x-2.png"), str(tmp_path / "b" / "x.png")}
     assert len(list(out.glob("*_overlay.png"))) == 3
     assert predict.output_stems([tmp_path / "x.png", tmp_path / "X.jpg"]) == ["x", "X-2"]  # case-blind file systems
+
+
+# --- faces found by the detector, videos, region crops ---
+
+class KnownFaces:
+    """A stand-in for the detector that 'finds' given boxes: the tests of what follows detection."""
+
+    def __init__(self, boxes: np.ndarray, scores: np.ndarray):
+        self.boxes_found, self.scores = boxes, scores
+
+    def boxes(self, images, threshold):
+        keep = self.scores >= threshold
+        return [(self.boxes_found[keep], self.scores[keep]) for _ in images]
+
+
+def with_known_faces(monkeypatch, boxes: np.ndarray, scores: np.ndarray) -> None:
+    monkeypatch.setattr(predict, "FaceDetector", lambda checkpoint, device: KnownFaces(boxes, scores))
+
+
+def test_every_face_the_detector_finds_gets_its_landmarks(tiny_run, tiny_detector, tmp_path, monkeypatch):
+    boxes, _ = two_face_scene(tiny_run["root"], tmp_path / "scene.png")
+    with_known_faces(monkeypatch, np.concatenate([boxes, [[0, 0, 30, 30]]]), np.array([0.9, 0.8, 0.2]))
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_detector), str(tmp_path / "scene.png"),
+               "--out", str(tmp_path / "out"), "--device", "cpu", "--crop-regions", "--region-size", "48")
+    result = load_result(tmp_path / "out", "scene")
+    assert [face["score"] for face in result["faces"]] == [0.9, 0.8]  # the 0.2 is below --score-threshold 0.5
+    for face, box in zip(result["faces"], boxes):
+        assert face["box_source"] == "detector" and face["box"] == pytest.approx(box.tolist(), abs=1e-3)
+        assert np.shape(face["landmarks"]) == (8, 2) and len(face["confidence"]) == 8
+    regions = sorted(p.name for p in (tmp_path / "out" / "scene_regions").iterdir())
+    assert regions == sorted(f"face{n}_{r}.png" for n in (1, 2) for r in ("ears", "eyes", "lower"))
+    assert cv2.imread(str(tmp_path / "out" / "scene_regions" / "face2_eyes.png")).shape == (48, 48, 3)
+
+
+def test_the_landmarks_of_a_found_face_are_those_of_its_box(tiny_run, tmp_path, monkeypatch):
+    """With the detector's box equal to a given box, predict gives the same landmarks either way."""
+    boxes, _ = two_face_scene(tiny_run["root"], tmp_path / "scene.png")
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), str(tmp_path / "scene.png"), "--bbox",
+               ",".join(map(str, boxes[1])), "--out", str(tmp_path / "given"), "--device", "cpu")
+    with_known_faces(monkeypatch, boxes[1:], np.array([0.7]))
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", "any.pth", str(tmp_path / "scene.png"),
+               "--out", str(tmp_path / "found"), "--device", "cpu")
+    given, found = (load_result(tmp_path / name, "scene")["faces"][0] for name in ("given", "found"))
+    np.testing.assert_allclose(found["landmarks"], given["landmarks"], atol=1e-4)
+
+
+def moving_two_faces(root, frames: int = 8) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Frames of the two-face scene sliding right by 2 px a frame, and the two faces' boxes in each."""
+    boxes, _ = two_face_scene(root, root / "scene.png")
+    scene = read_image(root / "scene.png")
+    canvas = np.zeros((scene.shape[0] + 20, scene.shape[1] + 40, 3), np.uint8)
+    pictures, per_frame = [], []
+    for t in range(frames):
+        frame = canvas.copy()
+        frame[10:10 + scene.shape[0], 10 + 2 * t:10 + 2 * t + scene.shape[1]] = scene
+        pictures.append(frame)
+        per_frame.append(boxes + np.array([10 + 2 * t, 10] * 2))
+    return pictures, per_frame
+
+
+def test_a_video_gives_a_row_per_frame_and_face_with_ids_that_follow_the_faces(tiny_run, tmp_path, monkeypatch):
+    frames, boxes = moving_two_faces(tiny_run["root"])
+    write_video(tmp_path / "clip.avi", frames)
+    found = iter(boxes)
+    monkeypatch.setattr(predict, "FaceDetector", lambda checkpoint, device: type("Moving", (), {
+        "boxes": lambda self, images, threshold: [(next(found), np.array([0.9, 0.8])) for _ in images]})())
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", "any.pth", str(tmp_path / "clip.avi"),
+               "--out", str(tmp_path / "out"), "--device", "cpu", "--save-video")
+    with open(tmp_path / "out" / "clip.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keypoints = load_landmark_model(tiny_run["checkpoint"])[1]["keypoint_meta"]["keypoints"]
+    assert list(rows[0]) == ["frame", "time_s", "face_id", "box_x1", "box_y1", "box_x2", "box_y2", "score",
+                             *[f"{k}_{p}" for k in keypoints for p in ("x", "y", "conf")]]
+    assert all(float(value) == float(value) for row in rows for value in row.values())  # every cell a number
+    assert [int(row["frame"]) for row in rows] == [t for t in range(8) for _ in (0, 1)]
+    by_id = {}
+    for row in rows:
+        by_id.setdefault(row["face_id"], []).append(float(row["box_x1"]))
+    assert len(by_id) == 2 and all(np.allclose(np.diff(x), 2.0) for x in by_id.values())  # ids follow the faces
+    assert sorted({float(row["time_s"]) for row in rows}) == pytest.approx(list(np.arange(8) / 10))
+    assert cv2.VideoCapture(str(tmp_path / "out" / "clip_labelled.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 8
+
+
+def test_a_frame_that_cannot_be_decoded_is_skipped_counted_and_reported(tiny_run, tmp_path, capsys):
+    frames, _ = moving_two_faces(tiny_run["root"], frames=6)
+    video = write_video(tmp_path / "clip.avi", frames)
+    break_video_frame(video, 3)
+    assert predict.main(["--checkpoint", str(tiny_run["checkpoint"]), str(video), "--out", str(tmp_path / "out"),
+                         "--device", "cpu"]) == 1
+    out, err = capsys.readouterr()
+    assert "5 frames, 5 face rows" in out and "1 undecodable frames skipped" in out
+    assert err.strip().splitlines()[-1].startswith("error: 1 input(s) failed")
+    frames_written = [int(line.split(",")[0]) for line in (tmp_path / "out" / "clip.csv").read_text().splitlines()[1:]]
+    assert frames_written == [0, 1, 2, 4, 5]  # the whole frame is the face without a detector
+
+
+def test_a_broken_or_empty_video_is_one_line_and_the_rest_go_on(tiny_run, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
+    (tmp_path / "in" / "empty.avi").write_bytes(b"")
+    (tmp_path / "in" / "face.png").write_bytes((tiny_run["root"] / "val" / "images" / "val_0000.png").read_bytes())
+    assert predict.main(["--checkpoint", str(tiny_run["checkpoint"]), str(tmp_path / "in"), "--out",
+                         str(tmp_path / "out"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert sum("broken.mp4: cannot open it as a video" in line for line in err) == 1
+    assert sum("empty.avi: cannot open it as a video" in line for line in err) == 1
+    assert (tmp_path / "out" / "face.json").exists() and "2 input(s) failed" in err[-1]
+
+
+def test_checkpoints_of_the_wrong_kind_are_one_line(tiny_run, tiny_detector, tmp_path, capsys):
+    image = str(tiny_run["root"] / "val" / "images" / "val_0000.png")
+    assert predict.main(["--checkpoint", str(tiny_detector), image, "--out", str(tmp_path / "a")]) == 1
+    assert "a face detector checkpoint, where a landmarks checkpoint" in capsys.readouterr().err
+    assert predict.main(["--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]),
+                         image, "--out", str(tmp_path / "b")]) == 1
+    assert "a landmarks checkpoint, where a face detector checkpoint" in capsys.readouterr().err

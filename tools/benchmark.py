@@ -6,9 +6,10 @@
 
 Training images/s is train_simple.train_step itself (autocast forward, loss, backward, gradient
 norm, the one host sync, AdamW step, EMA update, BatchNorm snapshot) on one batch already on the
-device; evaluation images/s is the forward pass and soft-argmax decoding without gradients; with --ann, the data pipeline (crop from the
-crop cache or decode, augment, collate in --num-workers workers) is timed alone. Each figure is the median of
---repeats timings of --steps batches, after --warmup batches.
+device; evaluation images/s is the forward pass and soft-argmax decoding without gradients; with
+--ann, the data pipeline (crop from the crop cache or decode, augment, collate in --num-workers
+workers) is timed alone. Each figure is the median of --repeats timings of --steps batches, after
+--warmup batches.
 """
 from __future__ import annotations
 

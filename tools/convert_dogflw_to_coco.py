@@ -31,7 +31,7 @@ from run_utils import check_output_folder, write_json  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 KAGGLE_DATASET = "georgemartvel/dogflw"
-# DogFLW's facts (see the project README): 46 landmarks, mirror permutation, outer eye corners.
+# DogFLW's facts (see the project README): 46 landmarks, mirror permutation, outer eye corners, regions.
 DOGFLW_META = {
     "name": "dogflw",
     "num_keypoints": 46,
@@ -40,6 +40,9 @@ DOGFLW_META = {
                    23, 22, 24, 25, 27, 26, 29, 28, 31, 30, 32, 34, 33, 35, 37, 36, 38, 40, 39,
                    41, 42, 44, 43, 45],
     "iod_pair": [18, 19],
+    # grouped by where each landmark lies on a real DogFLW label (even/odd pairs are right/left)
+    "regions": {"ears": list(range(0, 14)), "forehead": [14, 15], "eyes": list(range(16, 24)),
+                "nose": [24, 25, 26, 27, 28, 29, 32, 33, 34], "cheeks": [30, 31], "mouth": list(range(35, 46))},
 }
 # a face box repaired without good boxes to learn from is padded as DogFLW's are: (left, top, right,
 # bottom) as fractions of the landmarks' extent (measured on a real DogFLW label)
@@ -137,7 +140,8 @@ def box_problem(box: list[float] | str, landmarks: np.ndarray, width: int, heigh
     inside = ((landmarks[:, 0] >= x1 - margin_x) & (landmarks[:, 0] <= x2 + margin_x)
               & (landmarks[:, 1] >= y1 - margin_y) & (landmarks[:, 1] <= y2 + margin_y))
     if inside.mean() < 0.9:
-        return f"box {[round(v, 1) for v in box]} misses the face ({int(inside.sum())} of {len(inside)} landmarks in it)"
+        return (f"box {[round(v, 1) for v in box]} misses the face ({int(inside.sum())} of {len(inside)} "
+                "landmarks in it)")
     return None
 
 

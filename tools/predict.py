@@ -1,18 +1,27 @@
-"""Predict landmarks on new photos with a trained checkpoint.
+"""Landmarks for new photos and videos with a trained checkpoint.
 
-    python tools/predict.py --checkpoint work_dirs/RUN/best.pth photos/ dog.jpg --out predictions
-    python tools/predict.py --checkpoint best.pth dog.jpg --bbox 120,80,380,330 --out predictions
-    python tools/predict.py --checkpoint best.pth photos/ --boxes boxes.json --flip-test --out predictions
+    python tools/predict.py --checkpoint LM.pth --detector DET.pth photos/ clip.mp4 --out predictions
+    python tools/predict.py --checkpoint LM.pth --detector DET.pth clip.mp4 --detect-every 5 --save-video \\
+        --out predictions
+    python tools/predict.py --checkpoint LM.pth dog.jpg --bbox 120,80,380,330 --out predictions
+    python tools/predict.py --checkpoint LM.pth photos/ --boxes boxes.json --flip-test --out predictions
 
-Each image is cropped around its face box exactly as in training (the box padded by the
-checkpoint's box_padding to a square). Without --bbox or --boxes the whole image is the face
-box, which suits photos already cropped to one face. boxes.json maps image file names (or
-paths as given on the command line) to [x1, y1, x2, y2] in pixels, e.g.
-{"dog.jpg": [120, 80, 380, 330]}; images it does not list use the whole image.
+Faces in photos: the box of --bbox (every photo) or --boxes ({"dog.jpg": [x1, y1, x2, y2], ...},
+keyed by file name or path), else every face the --detector (tools/train_detector.py) finds
+with a score of at least --score-threshold, else the whole image (a photo cropped to one face).
+Each face is cropped around its box exactly as in training. Videos (.mp4, .avi, .mov, .mkv,
+...) use the detector or the whole frame.
 
-For each image, OUT/NAME.json holds the landmarks in original-image pixels, a confidence per
-landmark (heatmap peak, 0..1) and the box used; OUT/NAME_overlay.png draws them. An image that
-cannot be read is reported on one line and skipped; the exit status is then 1.
+Outputs, with NAME the input's file name (made distinct where two inputs share one):
+- a photo: OUT/NAME.json lists its faces (box, score, landmarks in image pixels, a confidence per
+  landmark) and OUT/NAME_overlay.png draws them;
+- a video: OUT/NAME.csv has a row per frame and face (frame, time_s, face_id, box, score, then
+  <keypoint>_x, <keypoint>_y, <keypoint>_conf), read by pandas.read_csv as it is; the face id
+  follows a face across frames. --save-video adds OUT/NAME_labelled.mp4;
+- --crop-regions: OUT/NAME_regions/ with a crop per face and region of the keypoint metadata
+  (eyes, ears, mouth, ...), FACE_REGION.png for a photo, FRAME_FACE_REGION.png for a video.
+An input that cannot be read is reported on one line and skipped (in a video, a frame that
+cannot be decoded is skipped and counted); the exit status is then 1.
 """
 from __future__ import annotations
 
@@ -28,11 +37,13 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dataset import read_image  # noqa: E402
-from errors import CommandLineParser, DataError, positive_int, reports_errors  # noqa: E402
-from inference import LandmarkPredictor  # noqa: E402
+from errors import (CommandLineParser, DataError, fraction, non_negative_float, positive_int,  # noqa: E402
+                    reports_errors)
+from inference import Face, FaceDetector, FaceLandmarker, LandmarkPredictor, save_region_crops  # noqa: E402
 from run_utils import check_output_folder, write_json  # noqa: E402
 from tools.convert_dogflw_to_coco import IMAGE_EXTENSIONS  # noqa: E402
-from visualize import draw_landmarks  # noqa: E402
+from video import VIDEO_EXTENSIONS, VideoOptions, analyze_video  # noqa: E402
+from visualize import draw_faces  # noqa: E402
 
 
 def parse_box(values, source: str) -> np.ndarray:
@@ -58,22 +69,23 @@ def load_boxes(path: str) -> dict[str, np.ndarray]:
     return {name: parse_box(box, f"{path}: {name}") for name, box in boxes.items()}
 
 
-def list_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Image files from files and folders (a folder's images, not its subfolders), and one
-    message per input that does not exist or holds no image."""
-    images, problems = [], []
+def list_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Image and video files from files and folders (a folder's images and videos, not its
+    subfolders), and one message per input that does not exist or holds neither."""
+    known = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    files, problems = [], []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            images += found
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in known and p.is_file())
+            files += found
             if not found:
-                problems.append(f"{path}: no {'/'.join(IMAGE_EXTENSIONS)} image in this folder")
+                problems.append(f"{path}: no image or video ({'/'.join(known)}) in this folder")
         elif path.exists():
-            images.append(path)
+            files.append(path)
         else:
             problems.append(f"{path}: no such file or folder")
-    return images, problems
+    return files, problems
 
 
 def output_stems(images: list[Path]) -> list[str]:
@@ -91,91 +103,127 @@ def output_stems(images: list[Path]) -> list[str]:
     return stems
 
 
-def choose_box(path: Path, image: np.ndarray, box_for_all: np.ndarray | None,
-               box_table: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
-    """The face box of one image and where it came from: --bbox, --boxes or the whole image."""
-    if box_for_all is not None:
-        return box_for_all, "--bbox"
+def given_box(path: Path, args: argparse.Namespace, box_table: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
+    """The face box given for a photo by --bbox or --boxes, if any, and where its faces come from."""
+    if args.bbox:
+        return parse_box(args.bbox, "--bbox"), "--bbox"
     for key in (str(path), path.name):
         if key in box_table:
             return box_table[key], "--boxes"
-    height, width = image.shape[:2]
-    return np.array([-0.5, -0.5, width - 0.5, height - 0.5]), "whole image"  # the outer pixel edges
+    found_by = "detector" if args.detector else "whole image"
+    if args.boxes:
+        tqdm.write(f"warning: {path}: not in {args.boxes}; "
+                   f"{'the detector finds its faces' if args.detector else 'the whole image is its face box'}",
+                   file=sys.stderr)
+    return None, found_by
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = CommandLineParser(description=__doc__)
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and folders of images")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="photos, videos and folders of them")
     parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
-    parser.add_argument("--out", required=True, help="folder for NAME.json and NAME_overlay.png")
+    parser.add_argument("--detector", help="best.pth from tools/train_detector.py: find the faces")
+    parser.add_argument("--score-threshold", type=fraction, default=0.5, help="least detector score of a face")
+    parser.add_argument("--out", required=True, help="folder for the outputs")
     boxes = parser.add_mutually_exclusive_group()
-    boxes.add_argument("--bbox", metavar="x1,y1,x2,y2", help="face box for every image, in pixels "
-                       "(default: the whole image is the face box)")
-    boxes.add_argument("--boxes", metavar="boxes.json", help='face box per image: {"dog.jpg": '
-                       "[x1, y1, x2, y2], ...}; images it does not list use the whole image")
+    boxes.add_argument("--bbox", metavar="x1,y1,x2,y2", help="face box for every photo, in pixels")
+    boxes.add_argument("--boxes", metavar="boxes.json", help='face box per photo: {"dog.jpg": [x1, y1, x2, y2]}')
     parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's prediction")
-    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cuda, mps or cpu")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="faces per forward pass")
+    parser.add_argument("--crop-regions", action="store_true", help="save a crop of every face region")
+    parser.add_argument("--region-size", type=positive_int, default=96, help="side of a region crop in pixels")
+    parser.add_argument("--detect-every", type=positive_int, default=1, help="in videos, run the detector "
+                        "every N frames; in between a face's box follows its landmarks")
+    parser.add_argument("--smooth", type=non_negative_float, default=0.0, metavar="HZ", help="in videos, smooth "
+                        "the landmarks over time with a One Euro filter of this cut-off (0: off)")
+    parser.add_argument("--save-video", action="store_true", help="write NAME_labelled.mp4 for each video")
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="photos per forward pass")
     return parser.parse_args(argv)
 
 
-def read_chunk(chunk: list[tuple[Path, str]], args: argparse.Namespace, box_for_all: np.ndarray | None,
-               box_table: dict[str, np.ndarray], problems: list[str]) -> list[tuple]:
-    """(path, output stem, image, box, box source) of each image of the chunk that can be read;
-    the others are reported and added to `problems`."""
-    read = []
-    for path, stem in chunk:
+def write_photo_outputs(out_dir: Path, path: Path, stem: str, image: np.ndarray, faces: list[Face], source: str,
+                        landmarker: FaceLandmarker, args: argparse.Namespace) -> None:
+    """OUT/STEM.json, OUT/STEM_overlay.png and, with --crop-regions, OUT/STEM_regions/."""
+    result = {"image": str(path), "width": image.shape[1], "height": image.shape[0],
+              "faces": [{"box": face.box.round(3).tolist(), "box_source": source, "score": round(face.score, 4),
+                         "landmarks": face.landmarks.round(3).tolist(),
+                         "confidence": face.confidence.astype(float).round(4).tolist()} for face in faces],
+              "keypoint_names": landmarker.predictor.meta["keypoints"], "checkpoint": str(args.checkpoint),
+              "detector": args.detector, "flip_test": args.flip_test}
+    write_json(out_dir / f"{stem}.json", result)
+    cv2.imwrite(str(out_dir / f"{stem}_overlay.png"), cv2.cvtColor(draw_faces(image, faces), cv2.COLOR_RGB2BGR))
+    if args.crop_regions:
+        save_region_crops(image, faces, landmarker.predictor.meta, out_dir / f"{stem}_regions", "", args.region_size)
+
+
+def predict_photos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out_dir: Path,
+                   args: argparse.Namespace, box_table: dict[str, np.ndarray], problems: list[str]) -> int:
+    """Faces and landmarks of every photo, a batch at a time; returns how many were written."""
+    written = 0
+    with tqdm(total=len(jobs), desc="photos", unit="img", dynamic_ncols=True) as progress:
+        for start in range(0, len(jobs), args.batch_size):
+            chunk, read = jobs[start:start + args.batch_size], []
+            for path, stem in chunk:
+                try:
+                    read.append((path, stem, read_image(path)))
+                except DataError as err:
+                    tqdm.write(f"warning: {err}; skipped", file=sys.stderr)
+                    problems.append(str(err))
+            given = [given_box(path, args, box_table) for path, _, _ in read]
+            boxes = [None if box is None else box[None] for box, _ in given]
+            for (path, stem, image), faces, (_, source) in zip(read, landmarker.faces([r[2] for r in read], boxes),
+                                                              given):
+                write_photo_outputs(out_dir, path, stem, image, faces, source, landmarker, args)
+            written += len(read)
+            progress.update(len(chunk))
+    return written
+
+
+def predict_videos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out_dir: Path,
+                   args: argparse.Namespace, problems: list[str]) -> int:
+    """The CSV (and labelled video) of every video; returns how many were written."""
+    options = VideoOptions(args.detect_every, args.smooth, args.save_video,
+                           args.region_size if args.crop_regions else 0)
+    written = 0
+    for path, stem in jobs:
         try:
-            image = read_image(path)
+            summary = analyze_video(path, landmarker, out_dir / stem, options)
         except DataError as err:
             tqdm.write(f"warning: {err}; skipped", file=sys.stderr)
             problems.append(str(err))
             continue
-        read.append((path, stem, image, *choose_box(path, image, box_for_all, box_table)))
-        if args.boxes and read[-1][-1] == "whole image":
-            tqdm.write(f"warning: {path}: not in {args.boxes}; the whole image is its face box", file=sys.stderr)
-    return read
-
-
-def write_outputs(out_dir: Path, path: Path, stem: str, image: np.ndarray, box: np.ndarray, source: str,
-                  points: np.ndarray, confidence: np.ndarray, predictor: LandmarkPredictor,
-                  args: argparse.Namespace) -> None:
-    """OUT/STEM.json and OUT/STEM_overlay.png for one image."""
-    result = {"image": str(path), "width": image.shape[1], "height": image.shape[0],
-              "box": box.tolist(), "box_source": source, "landmarks": points.round(3).tolist(),
-              "confidence": confidence.astype(float).round(4).tolist(),
-              "keypoint_names": predictor.meta["keypoints"], "checkpoint": str(args.checkpoint),
-              "flip_test": args.flip_test}
-    write_json(out_dir / f"{stem}.json", result)
-    overlay = cv2.cvtColor(draw_landmarks(image, points, box=box), cv2.COLOR_RGB2BGR)
-    cv2.imwrite(str(out_dir / f"{stem}_overlay.png"), overlay)
+        skipped = f", {summary.undecodable} undecodable frames skipped" if summary.undecodable else ""
+        print(f"{path}: {summary.frames} frames, {summary.face_rows} face rows in {summary.seconds:.1f} s "
+              f"({summary.frames / summary.seconds:.1f} frames/s){skipped} -> {', '.join(map(str, summary.outputs))}")
+        if summary.undecodable:
+            problems.append(f"{path}: {summary.undecodable} frames could not be decoded")
+        written += 1
+    return written
 
 
 @reports_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    box_for_all = parse_box(args.bbox, "--bbox") if args.bbox else None
+    if args.bbox:
+        parse_box(args.bbox, "--bbox")
     box_table = load_boxes(args.boxes) if args.boxes else {}
     out_dir = check_output_folder(args.out, "--out")
     predictor = LandmarkPredictor(args.checkpoint, args.device, args.flip_test)
-    images, problems = list_images(args.inputs)
+    if args.crop_regions and not predictor.meta.get("regions"):
+        raise DataError(f"--crop-regions: {args.checkpoint} has no regions in its keypoint metadata")
+    detector = FaceDetector(args.detector, args.device) if args.detector else None
+    landmarker = FaceLandmarker(predictor, detector, args.score_threshold)
+    files, problems = list_inputs(args.inputs)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
-    jobs = list(zip(images, output_stems(images)))
-    written = 0
-    with tqdm(total=len(jobs), desc="predict", unit="img", dynamic_ncols=True) as progress:
-        for start in range(0, len(jobs), args.batch_size):
-            chunk = jobs[start:start + args.batch_size]
-            read = read_chunk(chunk, args, box_for_all, box_table, problems)
-            if read:
-                points, confidence = predictor.landmarks([r[2] for r in read], [r[3] for r in read])
-                for (path, stem, image, box, source), pts, conf in zip(read, points, confidence):
-                    write_outputs(out_dir, path, stem, image, box, source, pts, conf, predictor, args)
-                written += len(read)
-            progress.update(len(chunk))
-    print(f"wrote NAME.json and NAME_overlay.png for {written} image(s) to {out_dir}")
+    jobs = list(zip(files, output_stems(files)))
+    videos = [(path, stem) for path, stem in jobs if path.suffix.lower() in VIDEO_EXTENSIONS]
+    photos = [job for job in jobs if job not in videos]
+    written = predict_photos(photos, landmarker, out_dir, args, box_table, problems) if photos else 0
+    written += predict_videos(videos, landmarker, out_dir, args, problems) if videos else 0
+    print(f"wrote the outputs of {written} input(s) to {out_dir}")
     if problems:
-        raise DataError(f"{len(problems)} input(s) failed (listed above); the other images were processed")
+        raise DataError(f"{len(problems)} input(s) failed (listed above); the rest were processed")
     return 0
 
 

@@ -1,0 +1,172 @@
+"""The face detector: a torchvision detection model with one class, trained on the face boxes of
+the same COCO files the landmarks come from (tools/train_detector.py).
+
+DETECTORS names the models: `fcos_resnet18_fpn` (the default: FCOS on a ResNet-18 FPN of 64
+channels, light enough to train on a CPU) and torchvision's own `fcos_resnet50_fpn`,
+`retinanet_resnet50_fpn` and `fasterrcnn_mobilenet_v3_large_fpn` for a GPU. With `pretrained`
+the backbone starts from torchvision's ImageNet weights; the detection layers always start new.
+A checkpoint's `detector_config` holds `create_detector`'s arguments, so `load_detector`
+rebuilds the model from the file.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torchvision
+from torch.utils.data import Dataset
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from checkpoints import DETECTOR, read_checkpoint
+from dataset import load_coco_images, read_image
+from errors import CheckpointError, DataError, UsageError, WeightsUnavailable
+from geometry import from_pixel_edges, to_pixel_edges
+
+FACE_LABEL = 1  # class 0 is the background
+TORCHVISION_DETECTORS = ("fcos_resnet50_fpn", "retinanet_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn")
+
+
+def fcos_resnet18_fpn(pretrained: bool, **kwargs) -> FCOS:
+    """FCOS with a ResNet-18 body, an FPN of 64 channels over strides 8 to 128 and a head of two
+    convolutions per branch: a tenth of fcos_resnet50_fpn's work per image."""
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1 if pretrained else None
+    body = torchvision.models.resnet18(weights=weights, norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
+    backbone = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, [128, 256, 512], 64,
+                               extra_blocks=LastLevelP6P7(64, 64))
+    return FCOS(backbone, num_classes=2, head=FCOSHead(64, 1, 2, num_convs=2), **kwargs)
+
+
+def fcos_mobilenet_v3_fpn(pretrained: bool, **kwargs) -> FCOS:
+    """FCOS with a MobileNetV3-Large body, an FPN of 64 channels over strides 8 to 128 and a head
+    of two convolutions per branch: the lightest here, for training on a CPU."""
+    weights = torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1 if pretrained else None
+    body = torchvision.models.mobilenet_v3_large(weights=weights).features
+    backbone = BackboneWithFPN(body, {"6": "0", "12": "1", "16": "2"}, [40, 112, 960], 64,
+                               extra_blocks=LastLevelP6P7(64, 64))
+    return FCOS(backbone, num_classes=2, head=FCOSHead(64, 1, 2, num_convs=2), **kwargs)
+
+
+LIGHT_DETECTORS = {"fcos_mobilenet_v3_fpn": fcos_mobilenet_v3_fpn, "fcos_resnet18_fpn": fcos_resnet18_fpn}
+DETECTORS = (*LIGHT_DETECTORS, *TORCHVISION_DETECTORS)
+
+
+def create_detector(name: str, pretrained: bool, min_size: int = 320, max_size: int = 416) -> nn.Module:
+    """A one-class face detector; images are resized so that their short side is min_size (at
+    most max_size on the long side) inside the model."""
+    if name not in DETECTORS:
+        raise UsageError(f"--model {name}: not a detector here (choose from {', '.join(DETECTORS)})")
+    kwargs = {"min_size": min_size, "max_size": max_size}
+    try:
+        if name in LIGHT_DETECTORS:
+            return LIGHT_DETECTORS[name](pretrained, **kwargs)
+        weights = "DEFAULT" if pretrained else None
+        return getattr(torchvision.models.detection, name)(weights=None, weights_backbone=weights, num_classes=2,
+                                                            **kwargs)
+    except (OSError, RuntimeError) as err:  # the download of the ImageNet weights
+        raise WeightsUnavailable(f"could not get ImageNet weights for the {name} backbone ({type(err).__name__}: "
+                                 f"{err}). Train from scratch with --no-pretrained") from None
+
+
+def load_detector(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """The detector a checkpoint of tools/train_detector.py describes (eval mode), and the checkpoint."""
+    checkpoint = read_checkpoint(path, DETECTOR, map_location)
+    model = create_detector(**checkpoint["detector_config"], pretrained=False)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: its weights do not fit its detector config ({str(err)[:200]})") from None
+    return model.eval(), checkpoint
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """An RGB uint8 image (H, W, 3) as the float (3, H, W) tensor in 0..1 that detectors take."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
+
+
+def detections(outputs: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Face boxes (N, 4: x1, y1, x2, y2 in the project's pixel convention, as annotation boxes) and
+    scores (N,), best first, from a detector's outputs for a batch of images."""
+    return [(from_pixel_edges(out["boxes"].cpu().double().numpy()), out["scores"].cpu().double().numpy())
+            for out in outputs]
+
+
+@torch.no_grad()
+def detect_faces(model: nn.Module, images: list[np.ndarray], device: torch.device
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`detections` for RGB uint8 images."""
+    return detections(model([image_tensor(image).to(device) for image in images]))
+
+
+class FaceBoxes(Dataset):
+    """Images and their face boxes from a COCO file (all of an image's annotations), for training
+    and scoring a detector. Items are fetched by index or (index, epoch); with `augment`, a
+    horizontal flip and brightness and contrast jitter are drawn from a stream fixed by (seed,
+    epoch, index), as the landmark dataset does."""
+
+    def __init__(self, ann_file: str | Path, data_root: str | Path | None, augment: bool = False, seed: int = 0):
+        self.ann_file = Path(ann_file)
+        self.images, info_root = load_coco_images(ann_file)
+        root = data_root if data_root is not None else info_root
+        if root is None:
+            raise DataError(f"{ann_file}: names no data root; pass --data-root")
+        self.data_root, self.augment, self.seed = Path(root), augment, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        entry = self.images[index]
+        try:
+            image = read_image(self.data_root / entry["file"])
+        except DataError:
+            return {"unreadable": str(self.data_root / entry["file"]), "index": index}
+        boxes = to_pixel_edges(entry["boxes"])
+        if self.augment:
+            rng = np.random.default_rng((self.seed, epoch, index))
+            if rng.random() < 0.5:
+                image = image[:, ::-1]
+                boxes[:, [0, 2]] = image.shape[1] - boxes[:, [2, 0]]  # pixel edges: x -> width - x
+            gain, bias = rng.uniform(0.7, 1.3), rng.uniform(-25, 25)
+            image = np.clip(image.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
+        return {"image": image_tensor(image), "index": index,
+                "target": {"boxes": torch.from_numpy(boxes).float(),
+                           "labels": torch.full((len(boxes),), FACE_LABEL, dtype=torch.int64)}}
+
+
+def collate_images(samples: list[dict]) -> dict:
+    """Detection batches are lists (images differ in size); unreadable images are set aside by path."""
+    readable = [s for s in samples if "unreadable" not in s]
+    return {"images": [s["image"] for s in readable], "targets": [s["target"] for s in readable],
+            "indices": [s["index"] for s in readable], "unreadable": [s["unreadable"] for s in samples
+                                                                      if "unreadable" in s]}
+
+
+def box_average_precision(ann_file: str | Path, image_ids: list[int], boxes: list[np.ndarray],
+                          scores: list[np.ndarray]) -> dict[str, float]:
+    """COCO box AP@0.5 and AP@[.5:.95] (pycocotools) of detections for the images of a COCO file."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    results = [{"image_id": int(image_id), "category_id": 1, "score": float(score),
+                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]}
+               for image_id, image_boxes, image_scores in zip(image_ids, boxes, scores)
+               for (x1, y1, x2, y2), score in zip(image_boxes, image_scores)]
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        truth = COCO(str(ann_file))
+        if not results:
+            return {"box_ap50": 0.0, "box_ap": 0.0}
+        evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
+        evaluation.params.imgIds = [int(i) for i in image_ids]
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return {"box_ap": float(evaluation.stats[0]), "box_ap50": float(evaluation.stats[1])}

@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from checkpoints import read_checkpoint
+from detector import DETECTORS, FaceBoxes, box_average_precision, create_detector, detect_faces, load_detector
+from errors import CheckpointError, UsageError
+from model import load_landmark_model
+from tools import train_detector
+
+
+def test_the_detector_trains_and_its_checkpoint_rebuilds_it(tiny_run, tiny_detector, tmp_path):
+    model, checkpoint = load_detector(tiny_detector)
+    assert checkpoint["detector_config"] == {"name": DETECTORS[0], "min_size": 64, "max_size": 96}
+    assert 0.0 <= checkpoint["metrics"]["box_ap50"] <= 1.0 and "optimizer" not in checkpoint
+    records = [json.loads(line) for line in (tiny_detector.parent / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1] and {"box_ap", "box_ap50", "train_loss"} <= records[0].keys()
+    image = np.random.default_rng(0).integers(0, 255, size=(80, 90, 3), dtype=np.uint8)
+    trained = read_checkpoint(tiny_detector.parent / "last.pth", "face detector")
+    again = create_detector(**trained["detector_config"], pretrained=False).eval()
+    again.load_state_dict(trained["model"])
+    for (boxes, scores), (boxes_again, scores_again) in zip(detect_faces(model, [image], "cpu"),
+                                                            detect_faces(again, [image], "cpu")):
+        np.testing.assert_allclose(boxes, boxes_again)
+        np.testing.assert_allclose(scores, scores_again)
+
+
+def test_resume_continues_a_detector_run(tiny_run, tiny_detector, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pth").write_bytes((tiny_detector.parent / "last.pth").read_bytes())
+    assert train_detector.main(["--resume", str(run / "last.pth"), "--epochs", "2"]) == 0
+    assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 2
+
+
+def test_box_ap_is_the_coco_definition(tiny_run):
+    boxes = FaceBoxes(tiny_run["ann"] / "val.json", None)
+    ids = [image["id"] for image in boxes.images]
+    truth = [image["boxes"] for image in boxes.images]
+    perfect = box_average_precision(boxes.ann_file, ids, truth, [np.ones(len(t)) for t in truth])
+    assert perfect == {"box_ap": pytest.approx(1.0), "box_ap50": pytest.approx(1.0)}
+    shifted = [t + np.array([0.3, 0.3, 0.3, 0.3]) * (t[:, 2:] - t[:, :2]).repeat(2, axis=1) for t in truth]
+    half = box_average_precision(boxes.ann_file, ids, shifted, [np.ones(len(t)) for t in truth])
+    assert half["box_ap50"] == pytest.approx(0.0)  # IoU (0.7 x 0.7) / (2 - 0.49) = 0.32 < 0.5
+    missing = box_average_precision(boxes.ann_file, ids[:4], truth[:4], [np.ones(len(t)) for t in truth[:4]])
+    assert missing["box_ap50"] == pytest.approx(1.0)  # only the images scored count
+
+
+def test_the_wrong_kind_of_checkpoint_is_one_line(tiny_run, tiny_detector):
+    with pytest.raises(CheckpointError, match="a face detector checkpoint, where a landmarks checkpoint"):
+        load_landmark_model(tiny_detector)
+    with pytest.raises(CheckpointError, match="a landmarks checkpoint, where a face detector checkpoint"):
+        load_detector(tiny_run["checkpoint"])
+    with pytest.raises(UsageError, match="not a detector here"):
+        create_detector("yolo", pretrained=False)
+
+
+def test_training_flips_the_boxes_with_the_image(tiny_run):
+    plain = FaceBoxes(tiny_run["ann"] / "train.json", None)
+    augmented = FaceBoxes(tiny_run["ann"] / "train.json", None, augment=True)
+    flips = 0
+    for index in range(8):
+        a, b = plain[index], augmented[(index, 1)]
+        box, width = a["target"]["boxes"], a["image"].shape[-1]
+        mirrored = torch.stack([width - box[:, 2], box[:, 1], width - box[:, 0], box[:, 3]], dim=1)  # x -> width - x
+        correlation = lambda x, y: torch.corrcoef(torch.stack([x.flatten(), y.flatten()]))[0, 1]  # noqa: E731
+        if correlation(b["image"], a["image"].flip(-1)) > correlation(b["image"], a["image"]):  # colours jittered
+            flips += 1
+            assert torch.allclose(b["target"]["boxes"], mirrored)
+        else:
+            assert torch.allclose(b["target"]["boxes"], box)
+    assert 0 < flips < 8
