@@ -117,7 +117,7 @@ def keypoint_meta(category: dict, source: str) -> dict:
     return meta
 
 
-def parse_box(ann: dict, name: str, source: str) -> np.ndarray:
+def coco_box(ann: dict, name: str, source: str) -> np.ndarray:
     """An annotation's COCO bbox (x, y, w, h) as (x1, y1, x2, y2); refused, naming the image, if it is
     not finite with positive width and height."""
     x, y, w, h = (float(v) for v in ann["bbox"])
@@ -132,7 +132,7 @@ def parse_annotation(ann: dict, images: dict, num_keypoints: int, source: str) -
     False where COCO's visibility flag is 0 (not labelled: coordinates 0, left out of training and
     metrics). Refuses a box of zero size and a non-finite number, naming the image."""
     name = images[ann["image_id"]]["file_name"]
-    box = parse_box(ann, name, source)
+    box = coco_box(ann, name, source)
     values = np.asarray(ann["keypoints"], dtype=np.float64)
     if values.shape != (3 * num_keypoints,):
         raise DataError(f"{source}: image {name} does not have {num_keypoints} keypoints")
@@ -172,7 +172,7 @@ def load_coco_images(ann_file: str | Path) -> tuple[list[dict], str | None]:
         coco = json.loads(Path(ann_file).read_text(encoding="utf-8"))
         images = {image["id"]: {"id": image["id"], "file": image["file_name"], "boxes": []} for image in coco["images"]}
         for ann in coco["annotations"]:
-            images[ann["image_id"]]["boxes"].append(parse_box(ann, images[ann["image_id"]]["file"], str(ann_file)))
+            images[ann["image_id"]]["boxes"].append(coco_box(ann, images[ann["image_id"]]["file"], str(ann_file)))
     except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError) as err:
         raise DataError(f"{ann_file}: not a usable COCO file ({type(err).__name__}: {err})") from None
     for image in images.values():

@@ -1,17 +1,19 @@
 """The face detector: a torchvision detection model with one class, trained on the face boxes of
 the same COCO files the landmarks come from (tools/train_detector.py).
 
-DETECTORS names the models: `fcos_resnet18_fpn` (the default: FCOS on a ResNet-18 FPN of 64
-channels, light enough to train on a CPU) and torchvision's own `fcos_resnet50_fpn`,
-`retinanet_resnet50_fpn` and `fasterrcnn_mobilenet_v3_large_fpn` for a GPU. With `pretrained`
-the backbone starts from torchvision's ImageNet weights; the detection layers always start new.
-A checkpoint's `detector_config` holds `create_detector`'s arguments, so `load_detector`
-rebuilds the model from the file.
+DETECTORS names the models, all FCOS (anchor-free, one class) on a torchvision body with an FPN:
+`fcos_mobilenet_v3_fpn` (the default) and `fcos_resnet18_fpn`, with an FPN of 64 channels and
+two convolutions per head branch, light enough to train on a CPU, and `fcos_resnet50_fpn`,
+torchvision's FCOS-ResNet-50 layout, for a GPU. With `pretrained` the body starts from
+torchvision's ImageNet weights; the detection layers always start new. A checkpoint's
+`detector_config` holds `create_detector`'s arguments, so `load_detector` rebuilds the model
+from the file without downloading anything.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,54 +33,46 @@ from errors import CheckpointError, DataError, UsageError, WeightsUnavailable
 from geometry import from_pixel_edges, to_pixel_edges
 
 FACE_LABEL = 1  # class 0 is the background
-TORCHVISION_DETECTORS = ("fcos_resnet50_fpn", "retinanet_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn")
+# name -> torchvision body, its ImageNet weights, the layers of strides 8, 16 and 32, their channels, the
+# FPN's width and the head's convolutions per branch
+BODIES = {
+    "fcos_mobilenet_v3_fpn": ("mobilenet_v3_large", "MobileNet_V3_Large_Weights", {"6": "0", "12": "1", "16": "2"},
+                              [40, 112, 960], 64, 2),
+    "fcos_resnet18_fpn": ("resnet18", "ResNet18_Weights", {"layer2": "0", "layer3": "1", "layer4": "2"},
+                          [128, 256, 512], 64, 2),
+    "fcos_resnet50_fpn": ("resnet50", "ResNet50_Weights", {"layer2": "0", "layer3": "1", "layer4": "2"},
+                          [512, 1024, 2048], 256, 4),
+}
+DETECTORS = tuple(BODIES)
 
 
-def fcos_resnet18_fpn(pretrained: bool, **kwargs) -> FCOS:
-    """FCOS with a ResNet-18 body, an FPN of 64 channels over strides 8 to 128 and a head of two
-    convolutions per branch: a tenth of fcos_resnet50_fpn's work per image."""
-    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1 if pretrained else None
-    body = torchvision.models.resnet18(weights=weights, norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
-    backbone = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, [128, 256, 512], 64,
-                               extra_blocks=LastLevelP6P7(64, 64))
-    return FCOS(backbone, num_classes=2, head=FCOSHead(64, 1, 2, num_convs=2), **kwargs)
-
-
-def fcos_mobilenet_v3_fpn(pretrained: bool, **kwargs) -> FCOS:
-    """FCOS with a MobileNetV3-Large body, an FPN of 64 channels over strides 8 to 128 and a head
-    of two convolutions per branch: the lightest here, for training on a CPU."""
-    weights = torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1 if pretrained else None
-    body = torchvision.models.mobilenet_v3_large(weights=weights).features
-    backbone = BackboneWithFPN(body, {"6": "0", "12": "1", "16": "2"}, [40, 112, 960], 64,
-                               extra_blocks=LastLevelP6P7(64, 64))
-    return FCOS(backbone, num_classes=2, head=FCOSHead(64, 1, 2, num_convs=2), **kwargs)
-
-
-LIGHT_DETECTORS = {"fcos_mobilenet_v3_fpn": fcos_mobilenet_v3_fpn, "fcos_resnet18_fpn": fcos_resnet18_fpn}
-DETECTORS = (*LIGHT_DETECTORS, *TORCHVISION_DETECTORS)
-
-
-def create_detector(name: str, pretrained: bool, min_size: int = 320, max_size: int = 416) -> nn.Module:
-    """A one-class face detector; images are resized so that their short side is min_size (at
-    most max_size on the long side) inside the model."""
-    if name not in DETECTORS:
+def create_detector(name: str, pretrained: bool, min_size: int = 320, max_size: int = 416,
+                    download: bool = True) -> FCOS:
+    """A one-class FCOS face detector on the named torchvision body, with an FPN over strides 8 to
+    128. Images are resized inside the model to a short side of min_size, at most max_size long.
+    `pretrained`: the body starts from ImageNet weights and, as in torchvision's detectors, its
+    normalisation layers are frozen; `download`: fetch those weights now (not when a checkpoint
+    will supply every weight)."""
+    if name not in BODIES:
         raise UsageError(f"--model {name}: not a detector here (choose from {', '.join(DETECTORS)})")
-    kwargs = {"min_size": min_size, "max_size": max_size}
+    body_name, weights_name, return_layers, channels, width, convs = BODIES[name]
+    weights = getattr(torchvision.models, weights_name).IMAGENET1K_V1 if pretrained and download else None
+    frozen = {"norm_layer": FrozenBatchNorm2d} if pretrained else {}
     try:
-        if name in LIGHT_DETECTORS:
-            return LIGHT_DETECTORS[name](pretrained, **kwargs)
-        weights = "DEFAULT" if pretrained else None
-        return getattr(torchvision.models.detection, name)(weights=None, weights_backbone=weights, num_classes=2,
-                                                            **kwargs)
-    except (OSError, RuntimeError) as err:  # the download of the ImageNet weights
+        body = getattr(torchvision.models, body_name)(weights=weights, **frozen)
+    except (OSError, RuntimeError) as err:  # the download, or a file that does not match its hash
         raise WeightsUnavailable(f"could not get ImageNet weights for the {name} backbone ({type(err).__name__}: "
                                  f"{err}). Train from scratch with --no-pretrained") from None
+    body = body.features if body_name.startswith("mobilenet") else body
+    backbone = BackboneWithFPN(body, return_layers, channels, width, extra_blocks=LastLevelP6P7(width, width))
+    return FCOS(backbone, num_classes=2, head=FCOSHead(width, 1, 2, num_convs=convs), min_size=min_size,
+                max_size=max_size)
 
 
 def load_detector(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The detector a checkpoint of tools/train_detector.py describes (eval mode), and the checkpoint."""
     checkpoint = read_checkpoint(path, DETECTOR, map_location)
-    model = create_detector(**checkpoint["detector_config"], pretrained=False)
+    model = create_detector(**{"pretrained": False, **checkpoint["detector_config"]}, download=False)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as err:
@@ -152,16 +146,24 @@ def collate_images(samples: list[dict]) -> dict:
 
 def box_average_precision(ann_file: str | Path, image_ids: list[int], boxes: list[np.ndarray],
                           scores: list[np.ndarray]) -> dict[str, float]:
-    """COCO box AP@0.5 and AP@[.5:.95] (pycocotools) of detections for the images of a COCO file."""
+    """COCO box AP@0.5 and AP@[.5:.95] (pycocotools) of detections (boxes in the project's pixel
+    convention, as the annotations) for the given images of a COCO file."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    results = [{"image_id": int(image_id), "category_id": 1, "score": float(score),
+    coco = json.loads(Path(ann_file).read_text(encoding="utf-8"))
+    for ann in coco["annotations"]:  # COCO files of other tools may leave these out; COCOeval needs them
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
+    category = coco["categories"][0]["id"]
+    results = [{"image_id": int(image_id), "category_id": category, "score": float(score),
                 "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]}
                for image_id, image_boxes, image_scores in zip(image_ids, boxes, scores)
                for (x1, y1, x2, y2), score in zip(image_boxes, image_scores)]
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        truth = COCO(str(ann_file))
+        truth = COCO()
+        truth.dataset = coco
+        truth.createIndex()
         if not results:
             return {"box_ap50": 0.0, "box_ap": 0.0}
         evaluation = COCOeval(truth, truth.loadRes(results), "bbox")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from dataset import LandmarkDataset, collate_readable, read_image, read_meta_file
 from errors import CommandLineParser, DataError, fraction, non_negative_int, positive_int, reports_errors
-from geometry import box_iou
+from geometry import box_iou, greedy_match
 from inference import FaceDetector, FaceLandmarker, LandmarkPredictor, predict_crops
 from model import LandmarkModel
 from run_utils import check_output_file, check_output_folder, write_json
@@ -182,12 +182,15 @@ def evaluate_with_detector(landmarker: FaceLandmarker, dataset: LandmarkDataset,
                            ) -> tuple[dict, np.ndarray]:
     """Metrics with the face boxes the detector finds instead of the annotated ones, as for a user's
     new photos. Each annotated face takes the landmarks of the detected face whose box overlaps
-    its box most (IoU >= MATCH_IOU); a face without one is missed: left out of NME_IOD, counted in
-    `faces_missed` and a failure in `failure_rate_10_with_missed`."""
+    its box most (IoU >= MATCH_IOU, each detection matched to one face at most); a face without one
+    is missed: left out of NME_IOD, counted in `faces_missed` and a failure in
+    `failure_rate_10_with_missed`."""
     pred = np.full((len(dataset), dataset.meta["num_keypoints"], 2), np.nan)
     confidence = np.full(pred.shape[:2], np.nan)
-    files = list(dict.fromkeys(r["file"] for r in dataset.records))
-    unreadable, missed = [], []
+    faces_of: dict[str, list[int]] = {}
+    for index, record in enumerate(dataset.records):
+        faces_of.setdefault(record["file"], []).append(index)
+    files, unreadable = list(faces_of), []
     for start in tqdm(range(0, len(files), batch_size), desc="detect + landmarks", unit="batch", dynamic_ncols=True):
         chunk, images = [], []
         for file in files[start:start + batch_size]:
@@ -196,15 +199,17 @@ def evaluate_with_detector(landmarker: FaceLandmarker, dataset: LandmarkDataset,
                 chunk.append(file)
             except DataError:
                 unreadable.append(str(dataset.data_root / file))
-        for file, faces in zip(chunk, landmarker.faces(images)):
-            for index in (i for i, r in enumerate(dataset.records) if r["file"] == file):
-                overlap = box_iou(dataset.records[index]["box"][None], np.stack([f.box for f in faces])
-                                  )[0] if faces else np.zeros(0)
-                if overlap.size and overlap.max() >= MATCH_IOU:
-                    face = faces[int(overlap.argmax())]
-                    pred[index], confidence[index] = face.landmarks, face.confidence
-                else:
-                    missed.append(file)
+        for file, found in zip(chunk, landmarker.faces(images)):
+            annotated = np.stack([dataset.records[i]["box"] for i in faces_of[file]])
+            overlap = box_iou(annotated, np.stack([f.box for f in found])) if found else np.zeros((len(annotated), 0))
+            for row, column in greedy_match(overlap, MATCH_IOU):
+                index = faces_of[file][row]
+                pred[index], confidence[index] = found[column].landmarks, found[column].confidence
+    readable = {file for file in files if str(dataset.data_root / file) not in set(unreadable)}
+    missed = [r["file"] for r, p in zip(dataset.records, pred) if r["file"] in readable and np.isnan(p).all()]
+    if len(missed) == sum(len(faces_of[f]) for f in readable):
+        raise DataError(f"the detector found none of the {len(missed)} faces of {dataset.ann_file} at "
+                        f"--score-threshold {landmarker.threshold:g}")
     metrics = scored_metrics(dataset, pred, confidence, sorted(unreadable))
     metrics.update(faces_missed=len(missed), missed_images=missed, score_threshold=landmarker.threshold)
     failures = metrics[f"failure_rate_{FAILURE_THRESHOLD:g}"] / 100 * metrics["num_images"]

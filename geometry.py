@@ -104,6 +104,19 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
 
 
+def greedy_match(overlap: np.ndarray, min_overlap: float) -> list[tuple[int, int]]:
+    """One-to-one pairs (row, column) of an overlap matrix, best first, each at least min_overlap."""
+    pairs, rows, columns = [], set(), set()
+    for row, column in zip(*np.unravel_index(np.argsort(-overlap, axis=None), overlap.shape)):
+        if overlap[row, column] < min_overlap:
+            break
+        if row not in rows and column not in columns:
+            pairs.append((int(row), int(column)))
+            rows.add(row)
+            columns.add(column)
+    return pairs
+
+
 def to_pixel_edges(boxes: np.ndarray) -> np.ndarray:
     """Boxes (..., 4) in this project's convention to torchvision's detectors' (pixel edges at integers)."""
     return boxes + 0.5

@@ -14,9 +14,12 @@ import numpy as np
 import torch
 
 from detector import detect_faces, load_detector
-from geometry import apply_affine, crop_affine, invert_affine, warp_image
+from geometry import apply_affine, crop_affine, from_pixel_edges, invert_affine, warp_image
 from model import LandmarkModel, load_landmark_model
 from run_utils import pick_device
+
+
+MAX_BATCH = 64  # face crops per forward pass of the landmark model
 
 
 @torch.no_grad()
@@ -44,24 +47,31 @@ class LandmarkPredictor:
 
     def landmarks(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Landmarks (N, K, 2) in original pixels and confidences (N, K) for N (RGB image, face box
-        x1, y1, x2, y2) pairs, predicted as one batch."""
-        size = self.crop.input_size
-        affines = np.stack([self.crop.affine(box) for box in boxes])
-        crops = np.stack([warp_image(image, affine, size) for image, affine in zip(images, affines)])
-        crops = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).to(self.device).float()
-        return predict_crops(self.model, crops, affines, self.flip_index)
+        x1, y1, x2, y2) pairs, predicted in batches of at most MAX_BATCH crops."""
+        size, points, confidence = self.crop.input_size, [], []
+        for start in range(0, len(images), MAX_BATCH):
+            affines = np.stack([self.crop.affine(box) for box in boxes[start:start + MAX_BATCH]])
+            crops = np.stack([warp_image(image, affine, size)
+                              for image, affine in zip(images[start:start + MAX_BATCH], affines)])
+            crops = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).to(self.device).float()
+            batch_points, batch_confidence = predict_crops(self.model, crops, affines, self.flip_index)
+            points.append(batch_points)
+            confidence.append(batch_confidence)
+        return np.concatenate(points), np.concatenate(confidence)
 
 
 @dataclass
 class Face:
     """A face in an image: its box (x1, y1, x2, y2), the detector's score (1 for a box that was
-    given), its landmarks (K, 2) in image pixels and their confidences (K,), and the id of the
-    track it belongs to in a video."""
+    given), its landmarks (K, 2) in image pixels and their confidences (K,); in a video, the id of
+    the track it belongs to and, for a face followed since its last detection, that detected face
+    (`anchor`), whose box-to-landmarks relation the followed boxes keep."""
     box: np.ndarray
     score: float
     landmarks: np.ndarray
     confidence: np.ndarray
     face_id: int | None = None
+    anchor: "Face | None" = None
 
 
 class FaceDetector:
@@ -91,7 +101,8 @@ class FaceLandmarker:
         """Face boxes and scores per image: the detector's, or the whole image (score 1) without one."""
         if self.detector is not None:
             return self.detector.boxes(images, self.threshold)
-        return [(np.array([[-0.5, -0.5, image.shape[1] - 0.5, image.shape[0] - 0.5]]), np.ones(1)) for image in images]
+        return [(from_pixel_edges(np.array([[0.0, 0.0, image.shape[1], image.shape[0]]])), np.ones(1))
+                for image in images]
 
     def faces(self, images: list[np.ndarray], boxes: list[np.ndarray | None] | None = None) -> list[list[Face]]:
         """The faces of each image. `boxes[i]` (M, 4), where given, are image i's faces (score 1)."""

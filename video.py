@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from errors import DataError
-from geometry import box_iou
+from geometry import box_iou, greedy_match
 from inference import Face, FaceLandmarker, save_region_crops
 from visualize import draw_faces
 
@@ -29,8 +29,10 @@ MAX_FAILED_READS = 25  # reads in a row that give no frame: the end of the strea
 
 
 class VideoFrames:
-    """The frames of a video file: iterating yields (index, time in s, RGB frame or None where the
-    frame could not be decoded). `undecodable` counts the frames that could not."""
+    """The frames of a video file: iterating yields (index, time in s, RGB frame) for every frame
+    that can be decoded; `undecodable` counts those that cannot (read failures followed by more
+    frames; failures at the end are the end of the stream). The frame count the container states
+    is only a guess for the progress bar: the video is read until it gives no more frames."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -42,21 +44,25 @@ class VideoFrames:
         self.undecodable = 0
 
     def __iter__(self):
-        index, failed_in_a_row = 0, 0
-        while (self.count <= 0 or index < self.count) and failed_in_a_row < MAX_FAILED_READS:
-            ok, frame = self.capture.read()
-            failed_in_a_row = 0 if ok else failed_in_a_row + 1
-            self.undecodable += not ok
-            yield index, index / self.fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if ok else None
-            index += 1
-        if failed_in_a_row >= MAX_FAILED_READS or self.count <= 0:  # reads past the stream's end, not frames
-            self.undecodable -= failed_in_a_row
-        self.capture.release()
+        index, pending_failures = -1, 0
+        try:
+            while pending_failures < MAX_FAILED_READS:
+                ok, frame = self.capture.read()
+                if not ok:
+                    pending_failures += 1
+                    continue
+                msec = self.capture.get(cv2.CAP_PROP_POS_MSEC)  # the frame's time stamp
+                self.undecodable += pending_failures
+                index = max(index + 1 + pending_failures, round(msec * self.fps / 1000))
+                pending_failures = 0
+                yield index, msec / 1000 if msec > 0 else index / self.fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        finally:
+            self.capture.release()
 
 
 def box_from_landmarks(landmarks: np.ndarray, reference: Face) -> np.ndarray:
-    """A face box for `landmarks` placed as `reference`'s box is around its landmarks: the same
-    offset from their centre and the same size relative to their spread."""
+    """A face box for `landmarks` placed as `reference`'s box (the face as last detected) is around
+    its landmarks: the same offset from their centre and the same size relative to their spread."""
     centre, spread = landmarks.mean(axis=0), landmarks.std(axis=0).mean() + 1e-6
     ref_centre, ref_spread = reference.landmarks.mean(axis=0), reference.landmarks.std(axis=0).mean() + 1e-6
     corners = (reference.box.reshape(2, 2) - ref_centre) * (spread / ref_spread) + centre
@@ -65,28 +71,30 @@ def box_from_landmarks(landmarks: np.ndarray, reference: Face) -> np.ndarray:
 
 @dataclass
 class FaceTracker:
-    """Gives every face an id that follows it across frames: a face takes the id of the previous
-    faces' box it overlaps most (IoU >= min_iou, best pairs first), the others new ids. A track
-    not seen for `patience` frames ends; its id is never reused."""
+    """Gives every face an id that follows it across frames: a new detection takes the id of the
+    track whose last box it overlaps most (IoU >= min_iou, one-to-one, best pairs first), the
+    others new ids; a face followed from the previous frame keeps its id. A track not seen for
+    `patience` frames ends; its id is never reused."""
     min_iou: float = 0.3
     patience: int = 10
     tracks: dict[int, tuple[int, Face]] = field(default_factory=dict)  # id -> (last frame, face)
     next_id: int = 1
 
     def assign(self, faces: list[Face], frame: int) -> None:
-        self.tracks = {i: t for i, t in self.tracks.items() if frame - t[0] <= self.patience}
-        ids = list(self.tracks)
-        if faces and ids:
-            overlap = box_iou(np.stack([f.box for f in faces]), np.stack([self.tracks[i][1].box for i in ids]))
-            for face_index, track_index in zip(*np.unravel_index(np.argsort(-overlap, axis=None), overlap.shape)):
-                face, track_id = faces[face_index], ids[track_index]
-                if overlap[face_index, track_index] >= self.min_iou and face.face_id is None and \
-                        self.tracks[track_id][0] != frame:
-                    face.face_id, self.tracks[track_id] = track_id, (frame, face)
         for face in faces:
+            if face.face_id is not None:  # followed by its landmarks
+                self.tracks[face.face_id] = (frame, face)
+        self.tracks = {i: t for i, t in self.tracks.items() if frame - t[0] <= self.patience}
+        new = [face for face in faces if face.face_id is None]
+        free = [i for i, (last, _) in self.tracks.items() if last != frame]
+        if new and free:
+            overlap = box_iou(np.stack([f.box for f in new]), np.stack([self.tracks[i][1].box for i in free]))
+            for row, column in greedy_match(overlap, self.min_iou):
+                new[row].face_id = free[column]
+        for face in new:
             if face.face_id is None:
                 face.face_id, self.next_id = self.next_id, self.next_id + 1
-                self.tracks[face.face_id] = (frame, face)
+            self.tracks[face.face_id] = (frame, face)
 
 
 @dataclass
@@ -103,6 +111,10 @@ class OneEuroSmoother:
     def alpha(cutoff: float | np.ndarray, dt: float) -> float | np.ndarray:
         """The smoothing factor of a first-order low-pass at `cutoff` Hz for a step of dt seconds."""
         return 1.0 / (1.0 + 1.0 / (2 * math.pi * cutoff * dt))
+
+    def forget(self, track_ids: set[int]) -> None:
+        """Drop the state of tracks that have ended."""
+        self.state = {i: v for i, v in self.state.items() if i in track_ids}
 
     def smooth(self, face: Face, t: float) -> None:
         if face.face_id not in self.state:
@@ -154,10 +166,11 @@ def frame_faces(landmarker: FaceLandmarker, frame: np.ndarray, index: int, previ
     else the previous faces followed by their landmarks (and dropped once their confidence fails)."""
     if index % options.detect_every == 0 or not previous:
         return landmarker.faces([frame])[0]
-    boxes = np.stack([box_from_landmarks(face.landmarks, face) for face in previous])
+    anchors = [before.anchor or before for before in previous]
+    boxes = np.stack([box_from_landmarks(before.landmarks, anchor) for before, anchor in zip(previous, anchors)])
     faces = landmarker.faces([frame], [boxes])[0]
-    for face, before in zip(faces, previous):
-        face.score, face.face_id = before.score, before.face_id
+    for face, before, anchor in zip(faces, previous, anchors):
+        face.score, face.face_id, face.anchor = before.score, before.face_id, anchor
     return [face for face in faces if face.confidence.mean() >= options.min_confidence]
 
 
@@ -170,20 +183,28 @@ class VideoSummary:
     outputs: list[Path]
 
 
+def open_video_writer(path: Path, fps: float, frame: np.ndarray) -> cv2.VideoWriter:
+    """An MP4 writer for frames like `frame`, or DataError if OpenCV cannot write one here."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
+    if not writer.isOpened():
+        raise DataError(f"{path}: OpenCV cannot write an MP4 video here (no mp4v encoder)")
+    return writer
+
+
 def analyze_video(path: Path, landmarker: FaceLandmarker, out_stem: Path, options: VideoOptions) -> VideoSummary:
     """Landmarks of every face in every frame of `path` into OUT_STEM.csv (and OUT_STEM_labelled.mp4)."""
     frames = VideoFrames(path)
-    table = LandmarkTable(out_stem.with_suffix(".csv"), landmarker.predictor.meta["keypoints"])
+    csv_path, video_path = Path(f"{out_stem}.csv"), Path(f"{out_stem}_labelled.mp4")
+    table = LandmarkTable(csv_path, landmarker.predictor.meta["keypoints"])
     writer, tracker, smoother = None, FaceTracker(), OneEuroSmoother(options.smooth_cutoff)
     faces, rows, decoded, start = [], 0, 0, time.time()
     try:
         for index, time_s, frame in tqdm(frames, total=frames.count or None, desc=path.name, unit="frame",
                                          dynamic_ncols=True):
-            if frame is None:
-                continue
             decoded += 1
             faces = frame_faces(landmarker, frame, index, faces, options)
             tracker.assign(faces, index)
+            smoother.forget(set(tracker.tracks))
             for face in faces:
                 if options.smooth_cutoff > 0:
                     smoother.smooth(face, time_s)
@@ -193,14 +214,14 @@ def analyze_video(path: Path, landmarker: FaceLandmarker, out_stem: Path, option
                 save_region_crops(frame, faces, landmarker.predictor.meta, Path(f"{out_stem}_regions"),
                                   f"frame{index:06d}_", options.regions_size)
             if options.save_video:
-                writer = writer or cv2.VideoWriter(str(out_stem) + "_labelled.mp4", cv2.VideoWriter_fourcc(*"mp4v"),
-                                                   frames.fps, (frame.shape[1], frame.shape[0]))
+                writer = writer or open_video_writer(video_path, frames.fps, frame)
                 writer.write(cv2.cvtColor(draw_faces(frame, faces, enlarge=False), cv2.COLOR_RGB2BGR))
     finally:
         table.close()
         if writer is not None:
             writer.release()
     if decoded == 0:
+        csv_path.unlink()
         raise DataError(f"{path}: no frame could be decoded (an empty or broken video)")
-    outputs = [out_stem.with_suffix(".csv")] + ([Path(str(out_stem) + "_labelled.mp4")] if writer else [])
-    return VideoSummary(decoded, frames.undecodable, rows, time.time() - start, outputs)
+    return VideoSummary(decoded, frames.undecodable, rows, time.time() - start,
+                        [csv_path] + ([video_path] if writer else []))

@@ -13,13 +13,13 @@ from tools import train_detector
 
 def test_the_detector_trains_and_its_checkpoint_rebuilds_it(tiny_run, tiny_detector, tmp_path):
     model, checkpoint = load_detector(tiny_detector)
-    assert checkpoint["detector_config"] == {"name": DETECTORS[0], "min_size": 64, "max_size": 96}
+    assert checkpoint["detector_config"] == {"name": DETECTORS[0], "pretrained": False, "min_size": 64, "max_size": 96}
     assert 0.0 <= checkpoint["metrics"]["box_ap50"] <= 1.0 and "optimizer" not in checkpoint
     records = [json.loads(line) for line in (tiny_detector.parent / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1] and {"box_ap", "box_ap50", "train_loss"} <= records[0].keys()
     image = np.random.default_rng(0).integers(0, 255, size=(80, 90, 3), dtype=np.uint8)
     trained = read_checkpoint(tiny_detector.parent / "last.pth", "face detector")
-    again = create_detector(**trained["detector_config"], pretrained=False).eval()
+    again = create_detector(**trained["detector_config"], download=False).eval()
     again.load_state_dict(trained["model"])
     for (boxes, scores), (boxes_again, scores_again) in zip(detect_faces(model, [image], "cpu"),
                                                             detect_faces(again, [image], "cpu")):
@@ -72,3 +72,24 @@ def test_training_flips_the_boxes_with_the_image(tiny_run):
         else:
             assert torch.allclose(b["target"]["boxes"], box)
     assert 0 < flips < 8
+
+
+def test_a_pretrained_detector_rebuilds_and_resumes_without_downloading(tiny_run, tmp_path, monkeypatch):
+    """ImageNet weights freeze the body's normalisation: the checkpoint says so, and rebuilding it
+    (evaluation, prediction, --resume) needs no download."""
+    import torchvision
+    downloads = []
+    real_resnet18 = torchvision.models.resnet18
+
+    def offline_resnet18(weights=None, **kwargs):  # the 'downloaded' weights are a fresh model's
+        downloads.append(weights)
+        return real_resnet18(weights=None, **kwargs)
+    monkeypatch.setattr(torchvision.models, "resnet18", offline_resnet18)
+    args = ["--ann-root", str(tiny_run["ann"]), "--model", "fcos_resnet18_fpn", "--batch-size", "4", "--num-workers",
+            "0", "--min-size", "64", "--max-size", "96", "--work-dir", str(tmp_path / "run")]
+    assert train_detector.main([*args, "--epochs", "1"]) == 0
+    model, checkpoint = load_detector(tmp_path / "run" / "best.pth")
+    assert checkpoint["detector_config"]["pretrained"] is True
+    assert type(model.backbone.body.bn1).__name__ == "FrozenBatchNorm2d"
+    assert train_detector.main(["--resume", str(tmp_path / "run" / "last.pth"), "--epochs", "2"]) == 0
+    assert [w is not None for w in downloads] == [True, False, False]  # training, then two rebuilds

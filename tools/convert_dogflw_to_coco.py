@@ -87,7 +87,7 @@ def parse_points(points: list, num_keypoints: int, visibility) -> tuple[list[lis
     return landmarks, flags
 
 
-def parse_box(box) -> list[float] | str:
+def parse_label_box(box) -> list[float] | str:
     """[x1, y1, x2, y2] from a label's bounding_boxes (corners in either order), or why it cannot be used."""
     if isinstance(box, list) and len(box) == 1 and isinstance(box[0], list):
         box = box[0]  # some copies nest the single box in a list
@@ -118,7 +118,7 @@ def parse_label(path: Path, num_keypoints: int) -> tuple[list[list[float]], list
     landmarks, flags = parse_points(points, num_keypoints, label.get("visibility"))
     if not any(flags):
         raise LabelError("no landmark is labelled")
-    return landmarks, flags, parse_box(label.get("bounding_boxes"))
+    return landmarks, flags, parse_label_box(label.get("bounding_boxes"))
 
 
 def check_inside(landmarks: list[list[float]], flags: list[int], width: int, height: int) -> None:

@@ -20,8 +20,8 @@ Outputs, with NAME the input's file name (made distinct where two inputs share o
   follows a face across frames. --save-video adds OUT/NAME_labelled.mp4;
 - --crop-regions: OUT/NAME_regions/ with a crop per face and region of the keypoint metadata
   (eyes, ears, mouth, ...), FACE_REGION.png for a photo, FRAME_FACE_REGION.png for a video.
-An input that cannot be read is reported on one line and skipped (in a video, a frame that
-cannot be decoded is skipped and counted); the exit status is then 1.
+An input that cannot be read is reported on one line and skipped, and the exit status is then 1;
+in a video, a frame that cannot be decoded is skipped, counted and reported, and the rest goes on.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from video import VIDEO_EXTENSIONS, VideoOptions, analyze_video  # noqa: E402
 from visualize import draw_faces  # noqa: E402
 
 
-def parse_box(values, source: str) -> np.ndarray:
+def parse_xyxy(values, source: str) -> np.ndarray:
     """[x1, y1, x2, y2] from a list or an "x1,y1,x2,y2" string, or DataError naming `source`."""
     try:
         box = np.array(values.split(",") if isinstance(values, str) else values, dtype=np.float64)
@@ -66,7 +66,7 @@ def load_boxes(path: str) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: not a readable JSON file ({err})") from None
     if not isinstance(boxes, dict):
         raise DataError(f'{path}: must be a JSON object {{"image name": [x1, y1, x2, y2], ...}}')
-    return {name: parse_box(box, f"{path}: {name}") for name, box in boxes.items()}
+    return {name: parse_xyxy(box, f"{path}: {name}") for name, box in boxes.items()}
 
 
 def list_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
@@ -105,8 +105,8 @@ def output_stems(images: list[Path]) -> list[str]:
 
 def given_box(path: Path, args: argparse.Namespace, box_table: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
     """The face box given for a photo by --bbox or --boxes, if any, and where its faces come from."""
-    if args.bbox:
-        return parse_box(args.bbox, "--bbox"), "--bbox"
+    if args.bbox is not None:
+        return args.bbox, "--bbox"
     for key in (str(path), path.name):
         if key in box_table:
             return box_table[key], "--boxes"
@@ -192,11 +192,11 @@ def predict_videos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out
             tqdm.write(f"warning: {err}; skipped", file=sys.stderr)
             problems.append(str(err))
             continue
-        skipped = f", {summary.undecodable} undecodable frames skipped" if summary.undecodable else ""
         print(f"{path}: {summary.frames} frames, {summary.face_rows} face rows in {summary.seconds:.1f} s "
-              f"({summary.frames / summary.seconds:.1f} frames/s){skipped} -> {', '.join(map(str, summary.outputs))}")
+              f"({summary.frames / summary.seconds:.1f} frames/s) -> {', '.join(map(str, summary.outputs))}")
         if summary.undecodable:
-            problems.append(f"{path}: {summary.undecodable} frames could not be decoded")
+            print(f"warning: {path}: {summary.undecodable} frame(s) could not be decoded; skipped (no rows)",
+                  file=sys.stderr)
         written += 1
     return written
 
@@ -204,8 +204,7 @@ def predict_videos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out
 @reports_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.bbox:
-        parse_box(args.bbox, "--bbox")
+    args.bbox = parse_xyxy(args.bbox, "--bbox") if args.bbox else None
     box_table = load_boxes(args.boxes) if args.boxes else {}
     out_dir = check_output_folder(args.out, "--out")
     predictor = LandmarkPredictor(args.checkpoint, args.device, args.flip_test)
@@ -217,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     jobs = list(zip(files, output_stems(files)))
-    videos = [(path, stem) for path, stem in jobs if path.suffix.lower() in VIDEO_EXTENSIONS]
-    photos = [job for job in jobs if job not in videos]
+    videos = [job for job in jobs if job[0].suffix.lower() in VIDEO_EXTENSIONS]
+    photos = [job for job in jobs if job[0].suffix.lower() not in VIDEO_EXTENSIONS]
     written = predict_photos(photos, landmarker, out_dir, args, box_table, problems) if photos else 0
     written += predict_videos(videos, landmarker, out_dir, args, problems) if videos else 0
     print(f"wrote the outputs of {written} input(s) to {out_dir}")

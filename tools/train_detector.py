@@ -40,6 +40,7 @@ from run_utils import (MetricsLog, StopRequest, check_writable, choose_work_dir,
 from train_simple import DEFAULT_ANN_ROOT, RunHalted, autocast_dtype, prepare_annotations, warmup_cosine  # noqa: E402
 
 RESUME_MAY_CHANGE = ("resume", "epochs", "work_dir", "data_root", "ann_root", "device", "num_workers")
+MAX_BAD_STEPS = 20  # non-finite steps in a row before the run stops
 TRAINING_STATE_KEYS = ("optimizer", "scheduler", "scaler", "epoch", "args")
 
 
@@ -80,7 +81,8 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
-    best_ap: float = -1.0
+    best_ap: float = -math.inf
+    bad_steps: int = 0  # non-finite steps in a row
     metrics: dict | None = None
 
     @property
@@ -89,7 +91,8 @@ class Run:
 
     def inference_state(self, epoch: int) -> dict:
         """best.pth: what tools/predict.py and evaluate.py need to rebuild and trust the detector."""
-        config = {"name": self.args.model, "min_size": self.args.min_size, "max_size": self.args.max_size}
+        config = {"name": self.args.model, "pretrained": not self.args.no_pretrained, "min_size": self.args.min_size,
+                  "max_size": self.args.max_size}
         return {"format": CHECKPOINT_FORMAT, "kind": DETECTOR, "detector_config": config,
                 "model": self.model.state_dict(), "epoch": epoch, "best_ap": self.best_ap, "metrics": self.metrics,
                 "args": vars(self.args)}
@@ -98,7 +101,8 @@ class Run:
         """last.pth: the inference state and what a resume needs."""
         return {**self.inference_state(epoch), "next_batch": next_batch, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "torch_rng": torch.get_rng_state()}
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 @dataclass
@@ -135,8 +139,8 @@ def set_up(args: argparse.Namespace) -> tuple[Run, Data, tuple[int, int]]:
                               "a run's last.pth")
     args.work_dir = choose_work_dir(args.work_dir, f"work_dirs/detector_{args.model}", bool(args.resume))
     data = build_loaders(args, device)
-    model = create_detector(args.model, not args.no_pretrained and checkpoint is None, args.min_size,
-                            args.max_size).to(device)
+    model = create_detector(args.model, not args.no_pretrained, args.min_size, args.max_size,
+                            download=checkpoint is None).to(device)
     check_writable(Path(args.work_dir), 8 * sum(p.numel() * p.element_size() for p in model.parameters()))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                   weight_decay=args.weight_decay)
@@ -160,6 +164,8 @@ def restore(run: Run, checkpoint: dict) -> tuple[int, int]:
     for name in ("optimizer", "scheduler", "scaler"):
         getattr(run, name).load_state_dict(checkpoint[name])
     torch.set_rng_state(checkpoint["torch_rng"])
+    if checkpoint.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
     run.best_ap, run.metrics = checkpoint["best_ap"], checkpoint["metrics"]
     MetricsLog(run.work_dir / "metrics.jsonl").trim(checkpoint["epoch"])
     print(f"resumed from {run.args.resume} at epoch {checkpoint['epoch']}")
@@ -167,21 +173,25 @@ def restore(run: Run, checkpoint: dict) -> tuple[int, int]:
 
 
 def train_step(run: Run, batch: dict) -> float:
-    """One AdamW step on a batch of images and their boxes; a non-finite loss changes nothing.
-    Returns the loss (NaN when the step was skipped)."""
+    """One AdamW step on a batch of images and their boxes. A non-finite loss or gradient changes
+    nothing, counts in `run.bad_steps` and returns NaN."""
     images = [image.to(run.device, non_blocking=True) for image in batch["images"]]
     targets = [{k: v.to(run.device, non_blocking=True) for k, v in t.items()} for t in batch["targets"]]
     with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
         loss = sum(run.model(images, targets).values())
     run.optimizer.zero_grad(set_to_none=True)
-    if not math.isfinite(loss.item()):
-        return math.nan
     run.scaler.scale(loss).backward()
     run.scaler.unscale_(run.optimizer)
-    torch.nn.utils.clip_grad_norm_(run.model.parameters(), 10.0)  # early FCOS losses spike
+    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), 10.0)  # early FCOS losses spike
+    loss_value, norm_value = torch.stack([loss.detach(), norm]).tolist()
+    # an fp16 scaler skips its own overflowing steps
+    if not math.isfinite(loss_value) or not (run.scaler.is_enabled() or math.isfinite(norm_value)):
+        run.bad_steps += 1
+        return math.nan
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    return loss.item()
+    run.bad_steps = 0
+    return loss_value
 
 
 def train_epoch(run: Run, data: Data, epoch: int, start_batch: int, stop: StopRequest) -> tuple[float, int]:
@@ -197,14 +207,16 @@ def train_epoch(run: Run, data: Data, epoch: int, start_batch: int, stop: StopRe
         if math.isfinite(loss):
             total, steps = total + loss, steps + 1
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}", refresh=False)
+        elif run.bad_steps >= MAX_BAD_STEPS:
+            raise RunHalted(TrainingStopped(f"{run.bad_steps} steps in a row with a non-finite loss or gradient; "
+                                            f"stopped ({run.work_dir / 'last.pth'} holds the last good weights; "
+                                            "try a lower --lr)"), epoch - 1, i)
         run.scheduler.step()
         if stop.signal_name is not None:
             last = run.work_dir / "last.pth"
             raise RunHalted(Interrupted(f"{stop.signal_name}: saved {last} at epoch {epoch}, batch {i + 1}; "
                                         f"continue with --resume {last}"), epoch - 1, i + 1)
-    if steps == 0:
-        raise RunHalted(TrainingStopped(f"no finite loss in epoch {epoch}; try a lower --lr"), epoch - 1, 0)
-    return total / steps, unreadable
+    return (total / steps if steps else math.nan), unreadable
 
 
 @torch.no_grad()
