@@ -163,10 +163,13 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path
 
 
 def break_video_frame(path: Path, index: int) -> None:
-    """Overwrite the start of frame `index`'s JPEG in an MJPEG AVI, so that it cannot be decoded."""
+    """Blank frame `index`'s JPEG data in an MJPEG AVI (not the container's bytes around it, nor the
+    next frame), so that this frame alone cannot be decoded."""
     data = bytearray(path.read_bytes())
-    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
-    data[starts[index] + 2:starts[index] + 400] = bytes(398)
+    markers = lambda second: [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == second]  # noqa
+    start = markers(0xD8)[index]  # the frame's start-of-image marker
+    end = next(i for i in markers(0xD9) if i > start)  # and its end-of-image marker
+    data[start + 2:end] = bytes(end - start - 2)
     path.write_bytes(bytes(data))
 
 
