@@ -9,7 +9,8 @@ The pieces that must agree with each other live here, together:
   the flip test) are decoded with a learned per-landmark offset. Labels of a mirrored face need
   not be exactly the mirrored labels, and the offset absorbs that difference instead of biasing
   every prediction by half of it. Both loss terms train it.
-Heatmaps have stride HEATMAP_STRIDE; geometry.py defines how their pixels relate to the input's.
+Heatmaps have stride `stride` (HEATMAP_STRIDE, 4, by default; 2 with the model's fine head);
+geometry.py defines how their pixels relate to the input's.
 """
 from __future__ import annotations
 
@@ -80,18 +81,18 @@ class HeatmapCodec(nn.Module):
     where a mirrored crop's labels lie relative to what the network sees."""
 
     def __init__(self, num_keypoints: int, sigma: float = 2.0, beta_init: float = 16.0, coord_loss: str = "l1",
-                 spread_weight: float = 0.01):
+                 spread_weight: float = 0.01, stride: int = HEATMAP_STRIDE):
         super().__init__()
         if coord_loss not in COORD_LOSSES:
             raise ValueError(f"coord_loss {coord_loss!r} is not one of {COORD_LOSSES}")
-        self.sigma, self.coord_loss, self.spread_weight = sigma, coord_loss, spread_weight
+        self.sigma, self.coord_loss, self.spread_weight, self.stride = sigma, coord_loss, spread_weight, stride
         self.log_beta = nn.Parameter(torch.full((num_keypoints,), math.log(beta_init)))
         self.mirror_offset = nn.Parameter(torch.zeros(num_keypoints, 2))
 
     def mirror_shift(self, mirrored: torch.Tensor | bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The learned offset in input pixels for mirrored crops, zero for the others: (B|1, K, 2)."""
         mask = torch.as_tensor(mirrored, dtype=dtype, device=self.mirror_offset.device).reshape(-1, 1, 1)
-        return mask * self.mirror_offset.to(dtype) * HEATMAP_STRIDE
+        return mask * self.mirror_offset.to(dtype) * self.stride
 
     def decode(self, logits: torch.Tensor, mirrored: torch.Tensor | bool | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +102,7 @@ class HeatmapCodec(nn.Module):
         image; their landmarks get the learned mirror offset. None: no crop is mirrored. The
         confidence is the heatmap's peak, clamped to 0..1 (the targets peak at 1).
         """
-        points = heatmap_to_input(soft_argmax(logits, self.log_beta.exp()), HEATMAP_STRIDE)
+        points = heatmap_to_input(soft_argmax(logits, self.log_beta.exp()), self.stride)
         if mirrored is not None:
             points = points + self.mirror_shift(mirrored, points.dtype)
         confidence = logits.float().flatten(2).amax(dim=-1).clamp(0.0, 1.0)
@@ -130,11 +131,11 @@ class HeatmapCodec(nn.Module):
         heatmap_loss = coord_loss = logits.new_zeros(())
         if heatmap_weight > 0:
             seen_points = keypoints - self.mirror_shift(mirrored)  # where the network should see each landmark
-            targets = heatmap_targets(input_to_heatmap(seen_points, HEATMAP_STRIDE), height, width, self.sigma)
+            targets = heatmap_targets(input_to_heatmap(seen_points, self.stride), height, width, self.sigma)
             per_map = ((logits - targets) ** 2).sum(dim=(-2, -1)) / (math.pi * self.sigma**2)  # (B, K)
             heatmap_loss = (per_map * weights).mean()
         if coord_weight > 0:
-            input_side = width * HEATMAP_STRIDE
+            input_side = width * self.stride
             inside = ((keypoints >= -0.5) & (keypoints <= input_side - 0.5)).all(dim=-1)
             error = self.coordinate_error(logits, keypoints, mirrored)
             coord_loss = (error * weights * inside).sum() / (weights * inside).sum().clamp_min(1e-6)
@@ -146,7 +147,7 @@ class HeatmapCodec(nn.Module):
         landmarks and their labels, or (`coord_loss` "star") the ambiguity-aware `ambiguity_loss`."""
         if self.coord_loss == "l1":
             pred_points = self.decode(logits, mirrored)[0]
-            return F.l1_loss(pred_points, keypoints, reduction="none").sum(dim=-1) / HEATMAP_STRIDE
+            return F.l1_loss(pred_points, keypoints, reduction="none").sum(dim=-1) / self.stride
         mean, covariance = soft_argmax_spread(logits, self.log_beta.exp())
-        pred_points = heatmap_to_input(mean, HEATMAP_STRIDE) + self.mirror_shift(mirrored, mean.dtype)
-        return ambiguity_loss((pred_points - keypoints) / HEATMAP_STRIDE, covariance, self.spread_weight)
+        pred_points = heatmap_to_input(mean, self.stride) + self.mirror_shift(mirrored, mean.dtype)
+        return ambiguity_loss((pred_points - keypoints) / self.stride, covariance, self.spread_weight)

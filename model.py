@@ -69,11 +69,12 @@ class LandmarkModel(nn.Module):
     """Backbone -> top-down FPN fused at stride 4 -> K heatmap logits, decoded by `codec`."""
 
     def __init__(self, backbone: str, num_keypoints: int, neck_channels: int = 64, beta_init: float = 16.0,
-                 sigma: float = 2.0, coord_loss: str = "l1", spread_weight: float = 0.01, pretrained: bool = False,
-                 pretrained_path: str | None = None):
+                 sigma: float = 2.0, coord_loss: str = "l1", spread_weight: float = 0.01,
+                 heatmap_stride: int = HEATMAP_STRIDE, pretrained: bool = False, pretrained_path: str | None = None):
         super().__init__()
         self.config = {"backbone": backbone, "num_keypoints": num_keypoints, "neck_channels": neck_channels,
-                       "beta_init": beta_init, "sigma": sigma, "coord_loss": coord_loss, "spread_weight": spread_weight}
+                       "beta_init": beta_init, "sigma": sigma, "coord_loss": coord_loss, "spread_weight": spread_weight,
+                       "heatmap_stride": heatmap_stride}
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.backbone = create_backbone(backbone, pretrained, pretrained_path)
@@ -88,19 +89,37 @@ class LandmarkModel(nn.Module):
             nn.BatchNorm2d(neck_channels), nn.ReLU(inplace=True),
             nn.Conv2d(neck_channels, neck_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(neck_channels), nn.ReLU(inplace=True),
-            nn.Conv2d(neck_channels, num_keypoints, 1),
+            *([nn.Conv2d(neck_channels, num_keypoints, 1)] if heatmap_stride == HEATMAP_STRIDE else []),
         )
-        self.codec = HeatmapCodec(num_keypoints, sigma, beta_init, coord_loss, spread_weight)
+        if heatmap_stride == 2:  # the fine head: up to stride 2, where the stride-2 features join in
+            fine = [i for i, r in enumerate(reductions) if r == 2]
+            if not fine:
+                raise UsageError(f"backbone {backbone!r} has no stride-2 feature map for --heatmap-stride 2")
+            self.fine_index = fine[0]
+            self.fine_lateral = nn.Conv2d(self.backbone.feature_info.channels()[self.fine_index], neck_channels, 1)
+            self.fine_head = nn.Sequential(
+                nn.Conv2d(neck_channels, neck_channels // 2, 3, padding=1, bias=False),
+                nn.BatchNorm2d(neck_channels // 2), nn.ReLU(inplace=True),
+                nn.Conv2d(neck_channels // 2, num_keypoints, 1),
+            )
+        elif heatmap_stride != HEATMAP_STRIDE:
+            raise UsageError(f"heatmap stride {heatmap_stride}: 2 or {HEATMAP_STRIDE}")
+        self.codec = HeatmapCodec(num_keypoints, sigma, beta_init, coord_loss, spread_weight, heatmap_stride)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Heatmap logits (B, K, S/4, S/4) for float images in 0..255, RGB, (B, 3, S, S)."""
+        """Heatmap logits (B, K, S/stride, S/stride) for float images in 0..255, RGB, (B, 3, S, S)."""
         all_features = self.backbone((images - self.mean) / self.std)
         features = [all_features[i] for i in self.feature_indices]
         fused = self.lateral[-1](features[-1])
         for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(features[:-1])):
             fused = lateral(feature) + F.interpolate(fused, size=feature.shape[-2:], mode="bilinear",
                                                      align_corners=False)
-        return self.head(fused)
+        head = self.head(fused)
+        if self.codec.stride == HEATMAP_STRIDE:
+            return head
+        fine = all_features[self.fine_index]
+        return self.fine_head(self.fine_lateral(fine) + F.interpolate(head, size=fine.shape[-2:], mode="bilinear",
+                                                                      align_corners=False))
 
     def predict(self, images: torch.Tensor, flip_index: list[int] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:

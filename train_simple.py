@@ -89,6 +89,8 @@ def build_parser() -> CommandLineParser:
     net.add_argument("--backbone", default="hrnet_w32", help="hrnet_w32, tf_efficientnetv2_s or any timm "
                      "model with features_only")
     net.add_argument("--neck-channels", type=positive_int, default=64, help="width of the FPN and heatmap head")
+    net.add_argument("--heatmap-stride", type=int, choices=(2, 4), default=4, help="4: heatmaps at a quarter of the "
+                     "input; 2: a fine head adds the stride-2 features and doubles their resolution")
     net.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights")
     net.add_argument("--pretrained-path", help="local backbone state dict instead of downloading")
     loss = parser.add_argument_group("loss")
@@ -440,6 +442,7 @@ def create_model(args: argparse.Namespace, num_keypoints: int, checkpoint: dict 
     if checkpoint is None:
         return LandmarkModel(args.backbone, num_keypoints, args.neck_channels, sigma=args.sigma,
                              coord_loss=args.coord_loss, spread_weight=args.spread_weight,
+                             heatmap_stride=args.heatmap_stride,
                              pretrained=not args.no_pretrained, pretrained_path=args.pretrained_path)
     if checkpoint["model_config"]["num_keypoints"] != num_keypoints:
         raise CheckpointError(f"{args.resume}: predicts {checkpoint['model_config']['num_keypoints']} "

@@ -22,3 +22,11 @@ def test_real_data_benchmark_times_the_pipeline_too(tmp_path, capsys):
     assert benchmark.main([*TINY, "--ann", str(tmp_path / "ann" / "train.json"), "--num-workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "data pipeline" in out and "img/s with 1 workers" in out and "x training" in out
+
+
+def test_training_flags_reach_the_timed_step(capsys):
+    assert benchmark.main([*TINY, "--num-keypoints", "5", "--json", "--coord-loss", "star", "--heatmap-stride", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["training_flags"] == ["--coord-loss", "star", "--heatmap-stride", "2"]
+    assert result["model_config"]["coord_loss"] == "star" and result["model_config"]["heatmap_stride"] == 2
+    assert result["train_images_per_s"] > 0

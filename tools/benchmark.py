@@ -3,6 +3,7 @@
     python tools/benchmark.py --backbone hrnet_w32 --input-size 256 --batch-size 64          # synthetic crops
     python tools/benchmark.py --backbone resnet18 --input-size 128 --batch-size 32 --device cpu \\
         --ann data/faces68/annotations/train.json --num-workers 2 --json                   # real images too
+    python tools/benchmark.py --backbone resnet18 --input-size 128 --coord-loss star   # + train_simple.py flags
 
 Training images/s is train_simple.train_step itself (autocast forward, loss, backward, gradient
 norm, the one host sync, AdamW step, EMA update, BatchNorm snapshot) on one batch already on the
@@ -86,7 +87,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak / 2**20 if platform.system() == "Darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """This tool's flags, and the rest, which are train_simple.py's model, loss and optimiser flags
+    (e.g. --coord-loss star, --heatmap-stride 2) for the step being timed."""
     parser = CommandLineParser(description=__doc__)
     parser.add_argument("--backbone", default="hrnet_w32", help="timm backbone, as train_simple.py --backbone")
     parser.add_argument("--input-size", type=multiple_of_32, default=256, help="crop side in pixels")
@@ -105,7 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=non_negative_int, default=3, help="batches before the timings")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timings per figure (the median is reported)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
-    return parser.parse_args(argv)
+    return parser.parse_known_args(argv)
 
 
 def real_batch(args: argparse.Namespace) -> tuple[dict, float]:
@@ -133,7 +136,7 @@ def synthetic_batch(args: argparse.Namespace) -> dict:
 
 @reports_errors
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args, training_flags = parse_args(argv)
     device = pick_device(args.device)
     torch.manual_seed(0)
     result = {"backbone": args.backbone, "input_size": args.input_size, "batch_size": args.batch_size,
@@ -146,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         batch = synthetic_batch(args)
     num_keypoints = batch["keypoints"].shape[1]
     train_args = train_simple.parse_args(["--backbone", args.backbone, "--input-size", str(args.input_size),
-                                          "--no-pretrained", *(["--compile"] if args.compile else [])])
-    model = LandmarkModel(args.backbone, num_keypoints, train_args.neck_channels, sigma=train_args.sigma)
+                                          "--no-pretrained", *(["--compile"] if args.compile else []),
+                                          *training_flags])
+    model = train_simple.create_model(train_args, num_keypoints, checkpoint=None)
     run = train_simple.build_run(train_args, model, {"num_keypoints": num_keypoints}, torch.ones(num_keypoints),
                                  steps_per_epoch=1000, device=device)
+    result.update(training_flags=training_flags, model_config=model.config)
     batch = {key: batch[key].to(device) for key in ("image", "keypoints", "mirrored", "labelled")}
     result["train_images_per_s"] = training_rate(run, batch, args.steps, args.warmup, args.repeats)
     images = batch["image"].float().contiguous(memory_format=run.memory_format)
