@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from geometry import heatmap_to_input, input_to_heatmap
 
 HEATMAP_STRIDE = 4
-COORD_LOSSES = ("l1", "star")
+COORD_LOSSES = ("l1", "star", "star-shape")
+MAX_ANISOTROPY = 4.0  # "star-shape": the largest ratio of along- to across-edge spread it trusts
 
 
 def heatmap_targets(points: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
@@ -73,6 +74,23 @@ def ambiguity_loss(error: torch.Tensor, covariance: torch.Tensor, spread_weight:
     ex, ey = error[..., 0], error[..., 1]
     mahalanobis_sq = (c[..., 1, 1] * ex**2 - 2 * c[..., 0, 1] * ex * ey + c[..., 0, 0] * ey**2) / det
     return torch.sqrt(mahalanobis_sq + 1e-6) + spread_weight * (c[..., 0, 0] + c[..., 1, 1])
+
+
+def direction_weighted_l1(error: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
+    """STAR's ambiguity direction without its scale: L1 of the error (B, K, 2) in the axes of the
+    predicted distribution's spread, the component along the long axis (an edge) divided by
+    sqrt(s) and the one across it multiplied by sqrt(s), s = sqrt(long / short variance) clamped
+    to 1..MAX_ANISOTROPY. The covariance is detached, so the network cannot make errors cheap by
+    reshaping its heatmaps; an isotropic spread gives plain L1. Per landmark: (B, K)."""
+    c = covariance.detach() + 1e-3 * torch.eye(2, device=covariance.device)
+    a, b, d = c[..., 0, 0], c[..., 0, 1], c[..., 1, 1]
+    half_gap = torch.sqrt(((a - d) / 2) ** 2 + b**2)
+    long_var, short_var = (a + d) / 2 + half_gap, ((a + d) / 2 - half_gap).clamp_min(1e-6)
+    s = torch.sqrt(long_var / short_var).clamp(1.0, MAX_ANISOTROPY)
+    angle = 0.5 * torch.atan2(2 * b, a - d)  # of the long axis
+    along = error[..., 0] * torch.cos(angle) + error[..., 1] * torch.sin(angle)
+    across = -error[..., 0] * torch.sin(angle) + error[..., 1] * torch.cos(angle)
+    return along.abs() / s.sqrt() + across.abs() * s.sqrt()
 
 
 class HeatmapCodec(nn.Module):
@@ -144,10 +162,14 @@ class HeatmapCodec(nn.Module):
 
     def coordinate_error(self, logits: torch.Tensor, keypoints: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
         """The coordinate term per landmark (B, K), in heatmap pixels: L1 between the decoded
-        landmarks and their labels, or (`coord_loss` "star") the ambiguity-aware `ambiguity_loss`."""
+        landmarks and their labels, or the ambiguity-aware `ambiguity_loss` ("star") or
+        `direction_weighted_l1` ("star-shape")."""
         if self.coord_loss == "l1":
             pred_points = self.decode(logits, mirrored)[0]
             return F.l1_loss(pred_points, keypoints, reduction="none").sum(dim=-1) / self.stride
         mean, covariance = soft_argmax_spread(logits, self.log_beta.exp())
         pred_points = heatmap_to_input(mean, self.stride) + self.mirror_shift(mirrored, mean.dtype)
-        return ambiguity_loss((pred_points - keypoints) / self.stride, covariance, self.spread_weight)
+        error = (pred_points - keypoints) / self.stride
+        if self.coord_loss == "star":
+            return ambiguity_loss(error, covariance, self.spread_weight)
+        return direction_weighted_l1(error, covariance)

@@ -100,7 +100,8 @@ def build_parser() -> CommandLineParser:
     loss.add_argument("--coord-loss-weight", type=non_negative_float, default=1.0,
                       help="the coordinate term on the soft-argmax landmarks")
     loss.add_argument("--coord-loss", choices=COORD_LOSSES, default="l1", help="l1: L1 distance; star: the "
-                      "distance in the predicted distribution's spread (an edge's ambiguity costs less), codec.py")
+                      "distance in the predicted distribution's spread (an edge's ambiguity costs less); star-shape: "
+                      "L1 weighted by that spread's direction alone, codec.py")
     loss.add_argument("--spread-weight", type=non_negative_float, default=0.01, help="with --coord-loss star, the "
                       "weight of the distribution's variance (heatmap px^2)")
     loss.add_argument("--keypoint-weights", help="JSON file with one weight per landmark for both losses "

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from codec import HEATMAP_STRIDE, HeatmapCodec, ambiguity_loss, heatmap_targets, soft_argmax, soft_argmax_spread
+from codec import (HEATMAP_STRIDE, MAX_ANISOTROPY, HeatmapCodec, ambiguity_loss, direction_weighted_l1, heatmap_targets,
+                   soft_argmax, soft_argmax_spread)
 from geometry import input_to_heatmap
 
 NOT_MIRRORED = torch.zeros(1, dtype=torch.bool)
@@ -126,6 +127,23 @@ def test_the_ambiguity_loss_charges_an_error_along_an_edge_less_than_across_it()
     assert float(ambiguity_loss(torch.zeros(1, 1, 2), 4 * torch.eye(2)[None, None], 0.5)) == pytest.approx(4.0, rel=1e-2)
 
 
+def test_the_direction_weighted_l1_charges_an_error_along_an_edge_less_than_across_it():
+    """Spread 2x more along the diagonal than across it: s = 2, along costs |e| / sqrt(2), across
+    |e| x sqrt(2); an isotropic spread gives plain L1; the spread itself gets no gradient."""
+    turned = torch.tensor([[[[2.5, 1.5], [1.5, 2.5]]]])  # variances 4 along (1, 1), 1 along (1, -1)
+    along = direction_weighted_l1(torch.tensor([[[3.0, 3.0]]]) / 2**0.5, turned)
+    across = direction_weighted_l1(torch.tensor([[[3.0, -3.0]]]) / 2**0.5, turned)
+    assert float(along) == pytest.approx(3 / 2**0.5, rel=1e-3) and float(across) == pytest.approx(3 * 2**0.5, rel=1e-3)
+    assert float(direction_weighted_l1(torch.tensor([[[3.0, -4.0]]]), 4 * torch.eye(2)[None, None])) == \
+        pytest.approx(7.0, rel=1e-4)
+    needle = torch.tensor([[[[400.0, 0.0], [0.0, 1.0]]]])  # s = 20, trusted up to MAX_ANISOTROPY
+    assert float(direction_weighted_l1(torch.tensor([[[2.0, 0.0]]]), needle)) == pytest.approx(2 / MAX_ANISOTROPY**0.5, rel=1e-3)
+    covariance = turned.clone().requires_grad_()
+    error = torch.tensor([[[1.0, 2.0]]], requires_grad=True)
+    direction_weighted_l1(error, covariance).sum().backward()
+    assert covariance.grad is None and torch.isfinite(error.grad).all()
+
+
 def test_the_spread_of_a_gaussian_heatmap_is_its_covariance():
     centre, sigma_x, sigma_y = torch.tensor([[[14.3, 9.6]]]), 3.0, 1.5
     xs, ys = torch.arange(32.0), torch.arange(24.0)
@@ -135,8 +153,9 @@ def test_the_spread_of_a_gaussian_heatmap_is_its_covariance():
     assert torch.allclose(covariance[0, 0], torch.tensor([[9.0, 0.0], [0.0, 2.25]]), atol=0.02)
 
 
-def test_the_star_coordinate_loss_trains_and_decodes_like_l1():
-    codec = HeatmapCodec(3, coord_loss="star")
+@pytest.mark.parametrize("coord_loss", ["star", "star-shape"])
+def test_the_star_coordinate_losses_train_and_decode_like_l1(coord_loss):
+    codec = HeatmapCodec(3, coord_loss=coord_loss)
     keypoints = torch.tensor([[[10.0, 20.0], [30.5, 40.25], [36.0, 12.0]]])
     perfect = heatmap_targets(input_to_heatmap(keypoints, HEATMAP_STRIDE), 16, 16, 2.0).requires_grad_()
     loss, parts = codec.loss(perfect, keypoints, NOT_MIRRORED, 1.0, 1.0)
