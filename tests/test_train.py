@@ -416,3 +416,24 @@ def test_help_shows_the_defaults(capsys):
         train_simple.main(["--help"])
     out = capsys.readouterr().out
     assert "(default: 210)" in out and "(default: hrnet_w32)" in out and "(default: 1.25)" in out
+
+
+@pytest.mark.parametrize("backbone", ["hrnet_w32", "tf_efficientnetv2_s"])
+@pytest.mark.parametrize("recipe_flags", [[], ["--heatmap-stride", "2", "--sigma", "4"]])
+def test_the_recipe_trains_the_full_backbones_at_256_with_dogflws_46_landmarks(backbone, recipe_flags):
+    torch.manual_seed(0)
+    args = train_simple.parse_args(["--backbone", backbone, "--no-pretrained", *recipe_flags])
+    assert args.input_size == 256
+    model = train_simple.create_model(args, 46, checkpoint=None)
+    run = train_simple.build_run(args, model, {"num_keypoints": 46}, torch.ones(46), steps_per_epoch=2,
+                                 device=torch.device("cpu"))
+    batch = {"image": torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8),
+             "keypoints": torch.rand(2, 46, 2) * 255, "mirrored": torch.tensor([False, True]),
+             "labelled": torch.ones(2, 46, dtype=torch.bool)}
+    before = [p.detach().clone() for p in model.parameters()]
+    results = [train_simple.train_step(run, batch) for _ in range(2)]
+    assert all(result.finite and math.isfinite(result.loss) for result in results)
+    assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters())) > len(before) // 2
+    stride = 2 if "--heatmap-stride" in recipe_flags else 4
+    with torch.no_grad():
+        assert model.eval()(batch["image"].float()).shape == (2, 46, 256 // stride, 256 // stride)
