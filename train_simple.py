@@ -110,7 +110,7 @@ def build_parser() -> CommandLineParser:
     opt.add_argument("--epochs", type=positive_int, default=210, help="epochs of the whole run (days of CPU for "
                      "hrnet_w32 at 256: use a GPU, or --backbone resnet18 --input-size 128 --epochs 20)")
     opt.add_argument("--batch-size", type=positive_int, default=32, help="per process under torchrun")
-    opt.add_argument("--lr", type=positive_float, default=1e-3, help="peak AdamW learning rate of the head")
+    opt.add_argument("--lr", type=positive_float, default=4e-3, help="peak AdamW learning rate of the head")
     opt.add_argument("--backbone-lr-mult", type=non_negative_float, default=0.1,
                      help="backbone learning rate = lr x this when it starts from pretrained weights")
     opt.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay (not on "
