@@ -36,25 +36,27 @@ def heatmap_targets(points: torch.Tensor, height: int, width: int, sigma: float)
     return gy[..., :, None] * gx[..., None, :]
 
 
-def soft_argmax(logits: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Expected (x, y) heatmap-pixel position under softmax(beta * logits) over each map."""
+def softmax_marginals(logits: torch.Tensor, beta: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """softmax(beta * logits) over each map (B, K, H, W), its x and y marginals (B, K, W) and
+    (B, K, H), and the heatmap-pixel coordinates xs (W,) and ys (H,) they weigh."""
     b, k, h, w = logits.shape
     prob = torch.softmax(logits.float().flatten(2) * beta.view(1, -1, 1), dim=-1).view(b, k, h, w)
     xs = torch.arange(w, device=logits.device, dtype=prob.dtype)
     ys = torch.arange(h, device=logits.device, dtype=prob.dtype)
-    x = (prob.sum(dim=2) * xs).sum(dim=-1)
-    y = (prob.sum(dim=3) * ys).sum(dim=-1)
-    return torch.stack([x, y], dim=-1)
+    return prob, prob.sum(dim=2), prob.sum(dim=3), xs, ys
+
+
+def soft_argmax(logits: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Expected (x, y) heatmap-pixel position under softmax(beta * logits) over each map."""
+    _, px, py, xs, ys = softmax_marginals(logits, beta)
+    return torch.stack([(px * xs).sum(dim=-1), (py * ys).sum(dim=-1)], dim=-1)
 
 
 def soft_argmax_spread(logits: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (B, K, 2) and covariance (B, K, 2, 2), in heatmap pixels, of softmax(beta * logits) over
     each map: where the soft-argmax puts a landmark and how its distribution spreads around that."""
-    b, k, h, w = logits.shape
-    prob = torch.softmax(logits.float().flatten(2) * beta.view(1, -1, 1), dim=-1).view(b, k, h, w)
-    xs = torch.arange(w, device=logits.device, dtype=prob.dtype)
-    ys = torch.arange(h, device=logits.device, dtype=prob.dtype)
-    px, py = prob.sum(dim=2), prob.sum(dim=3)  # marginals (B, K, W) and (B, K, H)
+    prob, px, py, xs, ys = softmax_marginals(logits, beta)
     x, y = (px * xs).sum(dim=-1), (py * ys).sum(dim=-1)
     dx, dy = xs - x[..., None], ys - y[..., None]
     var_x, var_y = (px * dx**2).sum(dim=-1), (py * dy**2).sum(dim=-1)
