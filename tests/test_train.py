@@ -1,3 +1,4 @@
+import argparse
 import json
 import math
 import signal
@@ -18,6 +19,7 @@ from dataset import LandmarkDataset
 from evaluate import compute_metrics
 from geometry import apply_affine, box_to_center_size, crop_affine, invert_affine
 from model import LandmarkModel
+from tools.benchmark import synthetic_batch
 from tools.convert_dogflw_to_coco import DOGFLW_META, convert
 
 SMALL_RUN = ["--backbone", "resnet18", "--input-size", "64", "--no-pretrained", "--batch-size", "8",
@@ -427,9 +429,7 @@ def test_the_recipe_trains_the_full_backbones_at_256_with_dogflws_46_landmarks(b
     model = train_simple.create_model(args, 46, checkpoint=None)
     run = train_simple.build_run(args, model, {"num_keypoints": 46}, torch.ones(46), steps_per_epoch=2,
                                  device=torch.device("cpu"))
-    batch = {"image": torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8),
-             "keypoints": torch.rand(2, 46, 2) * 255, "mirrored": torch.tensor([False, True]),
-             "labelled": torch.ones(2, 46, dtype=torch.bool)}
+    batch = synthetic_batch(argparse.Namespace(batch_size=2, input_size=256, num_keypoints=46))
     before = [p.detach().clone() for p in model.parameters()]
     results = [train_simple.train_step(run, batch) for _ in range(2)]
     assert all(result.finite and math.isfinite(result.loss) for result in results)
