@@ -20,11 +20,14 @@ from pathlib import Path
 import torch
 
 from errors import CheckpointError, TrainingStopped
-from run_utils import write_atomically
+from outputs import write_atomically
 
 CHECKPOINT_FORMAT = 2
 LANDMARKS, DETECTOR = "landmarks", "face detector"
-TRAINING_STATE_KEYS = ("train_model", "optimizer", "scheduler", "scaler", "epoch", "best_nme", "args")
+# what last.pth holds beyond best.pth, by kind: a resume needs every one
+TRAINING_STATE_KEYS = {LANDMARKS: ("train_model", "optimizer", "scheduler", "scaler", "epoch", "best_nme", "args"),
+                       DETECTOR: ("optimizer", "scheduler", "scaler", "epoch", "best_ap", "args")}
+REMOVED_LOSSES = ("star", "star-shape")  # coordinate losses that lost (docs/RESULTS.md) and were removed
 WRITERS = {LANDMARKS: "train_simple.py", DETECTOR: "tools/train_detector.py"}
 CONFIG_KEYS = {LANDMARKS: "model_config", DETECTOR: "detector_config"}
 
@@ -51,6 +54,18 @@ def upgrade_format_1(checkpoint: dict) -> dict:
     return upgraded
 
 
+def drop_removed_settings(checkpoint: dict, path: str | Path) -> dict:
+    """A landmark checkpoint without the model settings of removed features (the L1 coordinate
+    loss, the only one left, was the default); one trained with a removed loss is refused."""
+    config = dict(checkpoint["model_config"])
+    loss = config.pop("coord_loss", "l1")
+    config.pop("spread_weight", None)
+    if loss in REMOVED_LOSSES:
+        raise CheckpointError(f"{path}: trained with --coord-loss {loss}, which was removed (it did not beat the L1 "
+                              "loss: docs/RESULTS.md); retrain it with today's code")
+    return {**checkpoint, "model_config": config}
+
+
 def read_checkpoint(path: str | Path, kind: str, map_location: str | torch.device = "cpu",
                     mmap: bool = False) -> dict:
     """The checkpoint at `path` in today's layout, or CheckpointError naming the file and what
@@ -75,4 +90,4 @@ def read_checkpoint(path: str | Path, kind: str, map_location: str | torch.devic
     if checkpoint["kind"] != kind:
         raise CheckpointError(f"{path}: a {checkpoint['kind']} checkpoint, where a {kind} checkpoint "
                               f"(from {WRITERS[kind]}) is needed")
-    return checkpoint
+    return drop_removed_settings(checkpoint, path) if kind == LANDMARKS else checkpoint

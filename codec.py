@@ -23,8 +23,6 @@ import torch.nn.functional as F
 from geometry import heatmap_to_input, input_to_heatmap
 
 HEATMAP_STRIDE = 4
-COORD_LOSSES = ("l1", "star", "star-shape")
-MAX_ANISOTROPY = 4.0  # "star-shape": the largest ratio of along- to across-edge spread it trusts
 
 
 def heatmap_targets(points: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
@@ -36,63 +34,13 @@ def heatmap_targets(points: torch.Tensor, height: int, width: int, sigma: float)
     return gy[..., :, None] * gx[..., None, :]
 
 
-def softmax_marginals(logits: torch.Tensor, beta: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """softmax(beta * logits) over each map (B, K, H, W), its x and y marginals (B, K, W) and
-    (B, K, H), and the heatmap-pixel coordinates xs (W,) and ys (H,) they weigh."""
+def soft_argmax(logits: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Expected (x, y) heatmap-pixel position under softmax(beta * logits) over each map (B, K, H, W)."""
     b, k, h, w = logits.shape
     prob = torch.softmax(logits.float().flatten(2) * beta.view(1, -1, 1), dim=-1).view(b, k, h, w)
     xs = torch.arange(w, device=logits.device, dtype=prob.dtype)
     ys = torch.arange(h, device=logits.device, dtype=prob.dtype)
-    return prob, prob.sum(dim=2), prob.sum(dim=3), xs, ys
-
-
-def soft_argmax(logits: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Expected (x, y) heatmap-pixel position under softmax(beta * logits) over each map."""
-    _, px, py, xs, ys = softmax_marginals(logits, beta)
-    return torch.stack([(px * xs).sum(dim=-1), (py * ys).sum(dim=-1)], dim=-1)
-
-
-def soft_argmax_spread(logits: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (B, K, 2) and covariance (B, K, 2, 2), in heatmap pixels, of softmax(beta * logits) over
-    each map: where the soft-argmax puts a landmark and how its distribution spreads around that."""
-    prob, px, py, xs, ys = softmax_marginals(logits, beta)
-    x, y = (px * xs).sum(dim=-1), (py * ys).sum(dim=-1)
-    dx, dy = xs - x[..., None], ys - y[..., None]
-    var_x, var_y = (px * dx**2).sum(dim=-1), (py * dy**2).sum(dim=-1)
-    cov_xy = (prob * dy[..., :, None] * dx[..., None, :]).sum(dim=(-2, -1))
-    covariance = torch.stack([torch.stack([var_x, cov_xy], -1), torch.stack([cov_xy, var_y], -1)], -2)
-    return torch.stack([x, y], dim=-1), covariance
-
-
-def ambiguity_loss(error: torch.Tensor, covariance: torch.Tensor, spread_weight: float) -> torch.Tensor:
-    """The STAR loss's idea (Zhou et al., CVPR 2023) in its L2 form: the error (B, K, 2) measured in
-    the predicted distribution's own spread, sqrt(e^T C^-1 e) (the Mahalanobis distance), so that an
-    error along the direction a landmark is ambiguous in (an edge) costs less than one across it,
-    plus `spread_weight` x the distribution's variance (trace C), which stops the spread from growing
-    to hide errors. Per landmark: (B, K)."""
-    c = covariance + 1e-3 * torch.eye(2, device=covariance.device)  # a floor of (0.03 px)^2
-    det = c[..., 0, 0] * c[..., 1, 1] - c[..., 0, 1] ** 2
-    ex, ey = error[..., 0], error[..., 1]
-    mahalanobis_sq = (c[..., 1, 1] * ex**2 - 2 * c[..., 0, 1] * ex * ey + c[..., 0, 0] * ey**2) / det
-    return torch.sqrt(mahalanobis_sq + 1e-6) + spread_weight * (c[..., 0, 0] + c[..., 1, 1])
-
-
-def direction_weighted_l1(error: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
-    """STAR's ambiguity direction without its scale: L1 of the error (B, K, 2) in the axes of the
-    predicted distribution's spread, the component along the long axis (an edge) divided by
-    sqrt(s) and the one across it multiplied by sqrt(s), s = sqrt(long / short variance) clamped
-    to 1..MAX_ANISOTROPY. The covariance is detached, so the network cannot make errors cheap by
-    reshaping its heatmaps; an isotropic spread gives plain L1. Per landmark: (B, K)."""
-    c = covariance.detach() + 1e-3 * torch.eye(2, device=covariance.device)
-    a, b, d = c[..., 0, 0], c[..., 0, 1], c[..., 1, 1]
-    half_gap = torch.sqrt(((a - d) / 2) ** 2 + b**2)
-    long_var, short_var = (a + d) / 2 + half_gap, ((a + d) / 2 - half_gap).clamp_min(1e-6)
-    s = torch.sqrt(long_var / short_var).clamp(1.0, MAX_ANISOTROPY)
-    angle = 0.5 * torch.atan2(2 * b, a - d)  # of the long axis
-    along = error[..., 0] * torch.cos(angle) + error[..., 1] * torch.sin(angle)
-    across = -error[..., 0] * torch.sin(angle) + error[..., 1] * torch.cos(angle)
-    return along.abs() / s.sqrt() + across.abs() * s.sqrt()
+    return torch.stack([(prob.sum(dim=2) * xs).sum(dim=-1), (prob.sum(dim=3) * ys).sum(dim=-1)], dim=-1)
 
 
 class HeatmapCodec(nn.Module):
@@ -100,12 +48,9 @@ class HeatmapCodec(nn.Module):
     `log_beta` (K,), the soft-argmax sharpness, and `mirror_offset` (K, 2) in heatmap pixels,
     where a mirrored crop's labels lie relative to what the network sees."""
 
-    def __init__(self, num_keypoints: int, sigma: float = 2.0, beta_init: float = 16.0, coord_loss: str = "l1",
-                 spread_weight: float = 0.01, stride: int = HEATMAP_STRIDE):
+    def __init__(self, num_keypoints: int, sigma: float = 2.0, beta_init: float = 16.0, stride: int = HEATMAP_STRIDE):
         super().__init__()
-        if coord_loss not in COORD_LOSSES:
-            raise ValueError(f"coord_loss {coord_loss!r} is not one of {COORD_LOSSES}")
-        self.sigma, self.coord_loss, self.spread_weight, self.stride = sigma, coord_loss, spread_weight, stride
+        self.sigma, self.stride = sigma, stride
         self.log_beta = nn.Parameter(torch.full((num_keypoints,), math.log(beta_init)))
         self.mirror_offset = nn.Parameter(torch.zeros(num_keypoints, 2))
 
@@ -157,21 +102,7 @@ class HeatmapCodec(nn.Module):
         if coord_weight > 0:
             input_side = width * self.stride
             inside = ((keypoints >= -0.5) & (keypoints <= input_side - 0.5)).all(dim=-1)
-            error = self.coordinate_error(logits, keypoints, mirrored)
+            error = F.l1_loss(self.decode(logits, mirrored)[0], keypoints, reduction="none").sum(dim=-1) / self.stride
             coord_loss = (error * weights * inside).sum() / (weights * inside).sum().clamp_min(1e-6)
         loss = heatmap_weight * heatmap_loss + coord_weight * coord_loss
         return loss, {"heatmap": heatmap_loss.detach(), "coord": coord_loss.detach()}
-
-    def coordinate_error(self, logits: torch.Tensor, keypoints: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
-        """The coordinate term per landmark (B, K), in heatmap pixels: L1 between the decoded
-        landmarks and their labels, or the ambiguity-aware `ambiguity_loss` ("star") or
-        `direction_weighted_l1` ("star-shape")."""
-        if self.coord_loss == "l1":
-            pred_points = self.decode(logits, mirrored)[0]
-            return F.l1_loss(pred_points, keypoints, reduction="none").sum(dim=-1) / self.stride
-        mean, covariance = soft_argmax_spread(logits, self.log_beta.exp())
-        pred_points = heatmap_to_input(mean, self.stride) + self.mirror_shift(mirrored, mean.dtype)
-        error = (pred_points - keypoints) / self.stride
-        if self.coord_loss == "star":
-            return ambiguity_loss(error, covariance, self.spread_weight)
-        return direction_weighted_l1(error, covariance)

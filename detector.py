@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torchvision
-from torch.utils.data import Dataset
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.fcos import FCOSHead
@@ -28,11 +27,10 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from checkpoints import DETECTOR, read_checkpoint
-from dataset import load_coco_images, read_image
-from errors import CheckpointError, DataError, UsageError, WeightsUnavailable
-from geometry import from_pixel_edges, to_pixel_edges
+from errors import CheckpointError, UsageError, WeightsUnavailable
+from face_boxes import image_tensor
+from geometry import from_pixel_edges
 
-FACE_LABEL = 1  # class 0 is the background
 # name -> torchvision body, its ImageNet weights, the layers of strides 8, 16 and 32, their channels, the
 # FPN's width and the head's convolutions per branch
 BODIES = {
@@ -80,11 +78,6 @@ def load_detector(path: str | Path, map_location: str | torch.device = "cpu") ->
     return model.eval(), checkpoint
 
 
-def image_tensor(image: np.ndarray) -> torch.Tensor:
-    """An RGB uint8 image (H, W, 3) as the float (3, H, W) tensor in 0..1 that detectors take."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
-
-
 def detections(outputs: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Face boxes (N, 4: x1, y1, x2, y2 in the project's pixel convention, as annotation boxes) and
     scores (N,), best first, from a detector's outputs for a batch of images."""
@@ -99,55 +92,15 @@ def detect_faces(model: nn.Module, images: list[np.ndarray], device: torch.devic
     return detections(model([image_tensor(image).to(device) for image in images]))
 
 
-class FaceBoxes(Dataset):
-    """Images and their face boxes from a COCO file (all of an image's annotations), for training
-    and scoring a detector. Items are fetched by index or (index, epoch); with `augment`, a
-    horizontal flip and brightness and contrast jitter are drawn from a stream fixed by (seed,
-    epoch, index), as the landmark dataset does."""
-
-    def __init__(self, ann_file: str | Path, data_root: str | Path | None, augment: bool = False, seed: int = 0):
-        self.ann_file = Path(ann_file)
-        self.images, info_root = load_coco_images(ann_file)
-        root = data_root if data_root is not None else info_root
-        if root is None:
-            raise DataError(f"{ann_file}: names no data root; pass --data-root")
-        self.data_root, self.augment, self.seed = Path(root), augment, seed
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
-        entry = self.images[index]
-        try:
-            image = read_image(self.data_root / entry["file"])
-        except DataError:
-            return {"unreadable": str(self.data_root / entry["file"]), "index": index}
-        boxes = to_pixel_edges(entry["boxes"])
-        if self.augment:
-            rng = np.random.default_rng((self.seed, epoch, index))
-            if rng.random() < 0.5:
-                image = image[:, ::-1]
-                boxes[:, [0, 2]] = image.shape[1] - boxes[:, [2, 0]]  # pixel edges: x -> width - x
-            gain, bias = rng.uniform(0.7, 1.3), rng.uniform(-25, 25)
-            image = np.clip(image.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
-        return {"image": image_tensor(image), "index": index,
-                "target": {"boxes": torch.from_numpy(boxes).float(),
-                           "labels": torch.full((len(boxes),), FACE_LABEL, dtype=torch.int64)}}
-
-
-def collate_images(samples: list[dict]) -> dict:
-    """Detection batches are lists (images differ in size); unreadable images are set aside by path."""
-    readable = [s for s in samples if "unreadable" not in s]
-    return {"images": [s["image"] for s in readable], "targets": [s["target"] for s in readable],
-            "indices": [s["index"] for s in readable], "unreadable": [s["unreadable"] for s in samples
-                                                                      if "unreadable" in s]}
+SIZE_RANGES = ("small", "medium", "large")  # COCO's: box area below 32^2, 32^2 to 96^2, above 96^2 pixels
 
 
 def box_average_precision(ann_file: str | Path, image_ids: list[int], boxes: list[np.ndarray],
-                          scores: list[np.ndarray]) -> dict[str, float]:
+                          scores: list[np.ndarray]) -> dict[str, float | None]:
     """COCO box AP@0.5 and AP@[.5:.95] (pycocotools) of detections (boxes in the project's pixel
-    convention, as the annotations) for the given images of a COCO file."""
+    convention, as the annotations) for the given images of a COCO file, and AP@[.5:.95] and
+    recall (AR, up to 100 detections) by face size (COCO's small, medium, large; None where the
+    file has no face of that size)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -160,15 +113,18 @@ def box_average_precision(ann_file: str | Path, image_ids: list[int], boxes: lis
                 "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]}
                for image_id, image_boxes, image_scores in zip(image_ids, boxes, scores)
                for (x1, y1, x2, y2), score in zip(image_boxes, image_scores)]
+    if not results:
+        return {"box_ap": 0.0, "box_ap50": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         truth = COCO()
         truth.dataset = coco
         truth.createIndex()
-        if not results:
-            return {"box_ap50": 0.0, "box_ap": 0.0}
         evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
         evaluation.params.imgIds = [int(i) for i in image_ids]
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    return {"box_ap": float(evaluation.stats[0]), "box_ap50": float(evaluation.stats[1])}
+    stats = [None if value < 0 else float(value) for value in evaluation.stats]  # -1: no face of that size
+    by_size = {f"box_ap_{name}": stats[3 + i] for i, name in enumerate(SIZE_RANGES)}
+    by_size.update({f"box_recall_{name}": stats[9 + i] for i, name in enumerate(SIZE_RANGES)})
+    return {"box_ap": stats[0] or 0.0, "box_ap50": stats[1] or 0.0, **by_size}

@@ -112,16 +112,24 @@ def describe_range(low: float | None, high: float | None, low_open: bool, high_o
     return " and ".join(parts)
 
 
-positive_int = number_type(int, 1)
-non_negative_int = number_type(int, 0)
-positive_float = number_type(float, 0, low_open=True)
-non_negative_float = number_type(float, 0)
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high]."""
+    return number_type(int, low, high)
+
+
+# every number a flag takes has a ceiling: a value beyond it is a typo, refused before any work
+LARGEST = 10**6
+positive_int = number_type(int, 1, LARGEST)
+non_negative_int = number_type(int, 0, LARGEST)
+positive_float = number_type(float, 0, LARGEST, low_open=True)
+non_negative_float = number_type(float, 0, LARGEST)
 fraction = number_type(float, 0, 1)
 
 
 def multiple_of_32(text: str) -> int:
-    """An argparse type: a positive multiple of 32 (a crop side every backbone's strides divide)."""
-    value = positive_int(text)
+    """An argparse type: a multiple of 32 from 32 to 4096 (a crop or image side every backbone's
+    strides divide)."""
+    value = bounded_int(1, 4096)(text)
     if value % 32:
         raise argparse.ArgumentTypeError(f"{text} is not a multiple of 32 (e.g. 128, 256)")
     return value

@@ -23,12 +23,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import LandmarkDataset, collate_readable, read_image, read_meta_file
-from errors import CommandLineParser, DataError, fraction, non_negative_int, positive_int, reports_errors
+from coco_files import read_meta_file
+from dataset import LandmarkDataset, collate_readable
+from images import read_image
+from errors import CommandLineParser, DataError, bounded_int, fraction, non_negative_int, reports_errors
 from geometry import box_iou, greedy_match
 from inference import FaceDetector, FaceLandmarker, LandmarkPredictor, predict_crops
 from model import LandmarkModel
-from run_utils import check_output_file, check_output_folder, write_json
+from outputs import check_output_file, check_output_folder, write_json
 from visualize import plot_ced, write_visualisations
 
 FAILURE_THRESHOLD = 10.0  # NME_IOD percent above which an image counts as a failure
@@ -184,13 +186,14 @@ def evaluate_with_detector(landmarker: FaceLandmarker, dataset: LandmarkDataset,
     new photos. Each annotated face takes the landmarks of the detected face whose box overlaps
     its box most (IoU >= MATCH_IOU, each detection matched to one face at most); a face without one
     is missed: left out of NME_IOD, counted in `faces_missed` and a failure in
-    `failure_rate_10_with_missed`."""
+    `failure_rate_10_with_missed`. Detections matched to no face are counted too
+    (`unmatched_detections`, and `detections_per_image`)."""
     pred = np.full((len(dataset), dataset.meta["num_keypoints"], 2), np.nan)
     confidence = np.full(pred.shape[:2], np.nan)
     faces_of: dict[str, list[int]] = {}
     for index, record in enumerate(dataset.records):
         faces_of.setdefault(record["file"], []).append(index)
-    files, unreadable = list(faces_of), []
+    files, unreadable, detected, unmatched = list(faces_of), [], 0, {}
     for start in tqdm(range(0, len(files), batch_size), desc="detect + landmarks", unit="batch", dynamic_ncols=True):
         chunk, images = [], []
         for file in files[start:start + batch_size]:
@@ -202,16 +205,22 @@ def evaluate_with_detector(landmarker: FaceLandmarker, dataset: LandmarkDataset,
         for file, found in zip(chunk, landmarker.faces(images)):
             annotated = np.stack([dataset.records[i]["box"] for i in faces_of[file]])
             overlap = box_iou(annotated, np.stack([f.box for f in found])) if found else np.zeros((len(annotated), 0))
-            for row, column in greedy_match(overlap, MATCH_IOU):
+            pairs = greedy_match(overlap, MATCH_IOU)
+            for row, column in pairs:
                 index = faces_of[file][row]
                 pred[index], confidence[index] = found[column].landmarks, found[column].confidence
-    readable = {file for file in files if str(dataset.data_root / file) not in set(unreadable)}
-    missed = [r["file"] for r, p in zip(dataset.records, pred) if r["file"] in readable and np.isnan(p).all()]
+            detected += len(found)
+            if len(found) > len(pairs):
+                unmatched[file] = len(found) - len(pairs)
+    readable = [file for file in files if str(dataset.data_root / file) not in set(unreadable)]
+    missed = [r["file"] for r, p in zip(dataset.records, pred) if r["file"] in set(readable) and np.isnan(p).all()]
     if len(missed) == sum(len(faces_of[f]) for f in readable):
         raise DataError(f"the detector found none of the {len(missed)} faces of {dataset.ann_file} at "
                         f"--score-threshold {landmarker.threshold:g}")
     metrics = scored_metrics(dataset, pred, confidence, sorted(unreadable))
-    metrics.update(faces_missed=len(missed), missed_images=missed, score_threshold=landmarker.threshold)
+    metrics.update(faces_missed=len(missed), missed_images=missed, score_threshold=landmarker.threshold,
+                   detections_per_image=detected / len(readable), unmatched_detections=sum(unmatched.values()),
+                   images_with_unmatched_detections=sorted(unmatched))
     failures = metrics[f"failure_rate_{FAILURE_THRESHOLD:g}"] / 100 * metrics["num_images"]
     metrics[f"failure_rate_{FAILURE_THRESHOLD:g}_with_missed"] = (failures + len(missed)) / (
         metrics["num_images"] + len(missed)) * 100
@@ -220,7 +229,7 @@ def evaluate_with_detector(landmarker: FaceLandmarker, dataset: LandmarkDataset,
 
 def format_summary(metrics: dict) -> str:
     """The headline metrics on a few lines."""
-    lines = [f"NME_IOD {metrics['nme_iod']:.3f}  ({metrics['num_images']} images, "
+    lines = [f"NME_IOD {metrics['nme_iod']:.3f}  ({metrics['num_images']} faces, "
              f"failure rate@{FAILURE_THRESHOLD:g} {metrics[f'failure_rate_{FAILURE_THRESHOLD:g}']:.2f}%, "
              f"AUC@{FAILURE_THRESHOLD:g} {metrics[f'auc_{FAILURE_THRESHOLD:g}']:.2f}, "
              + ", ".join(f"PCK@{t:g} {metrics[f'pck_{t:g}']:.1f}%" for t in PCK_THRESHOLDS) + ")"]
@@ -233,13 +242,15 @@ def format_summary(metrics: dict) -> str:
     if "faces_missed" in metrics:
         lines.append(f"with the detector's boxes (score >= {metrics['score_threshold']:g}): {metrics['faces_missed']} "
                      f"faces missed; failure rate@{FAILURE_THRESHOLD:g} counting them "
-                     f"{metrics[f'failure_rate_{FAILURE_THRESHOLD:g}_with_missed']:.2f}%")
+                     f"{metrics[f'failure_rate_{FAILURE_THRESHOLD:g}_with_missed']:.2f}%; "
+                     f"{metrics['detections_per_image']:.2f} detections per image, {metrics['unmatched_detections']} "
+                     f"matched no annotated face (in {len(metrics['images_with_unmatched_detections'])} images)")
     if metrics.get("unlabelled_landmarks"):
         lines.append(f"{metrics['unlabelled_landmarks']} landmarks not labelled (COCO visibility 0) were left out")
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> CommandLineParser:
     parser = CommandLineParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
     parser.add_argument("--ann", required=True, help="COCO keypoints file to score against")
@@ -248,8 +259,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--meta", help="keypoint metadata JSON for a COCO file whose category lacks flip_index "
                         "or iod_pair (the converter's --meta format)")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="crops per forward pass")
-    parser.add_argument("--num-workers", type=non_negative_int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--batch-size", type=bounded_int(1, 65_536), default=64, help="crops per forward pass")
+    parser.add_argument("--num-workers", type=bounded_int(0, 256), default=2, help="DataLoader worker processes")
     parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's prediction")
     parser.add_argument("--detector", help="best.pth of tools/train_detector.py: crop around the face boxes it "
                         "finds instead of the annotated ones (faces it misses are counted)")
@@ -259,7 +270,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vis", type=non_negative_int, default=0, metavar="N",
                         help="write ced.png and overlays of the N worst and N random images")
     parser.add_argument("--vis-dir", help="folder for --vis (default: vis/ beside --out or the checkpoint)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     if args.vis and args.vis_dir is None:
         args.vis_dir = str(Path(args.out or args.checkpoint).parent / "vis")
     return args

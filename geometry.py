@@ -54,9 +54,22 @@ class CropGeometry:
     input_size: int
     box_padding: float = 1.25
 
-    def affine(self, box_xyxy: np.ndarray) -> np.ndarray:
-        """The 2x3 matrix from original-image pixels into the crop of this face box."""
-        return crop_affine(*box_to_center_size(box_xyxy, self.box_padding), self.input_size)
+    def affine(self, box_xyxy: np.ndarray, scale: float = 1.0, shift: tuple[float, float] = (0.0, 0.0),
+               rotation_deg: float = 0.0) -> np.ndarray:
+        """The 2x3 matrix from original-image pixels into the crop of this face box; training
+        augmentation scales the square by `scale`, moves its centre by `shift` of its (scaled)
+        side and turns it by `rotation_deg`."""
+        center, size = box_to_center_size(box_xyxy, self.box_padding)
+        size *= scale
+        return crop_affine(center + np.asarray(shift) * size, size, self.input_size, rotation_deg)
+
+    def cut(self, image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """The input_size x input_size crop of `image` that `matrix` (one of `affine`'s) maps."""
+        return warp_image(image, matrix, self.input_size)
+
+    def enlarged(self, side: int) -> "CropGeometry":
+        """The same crops at the same scale on a larger canvas of `side` pixels (the crop cache's)."""
+        return CropGeometry(side, self.box_padding * side / self.input_size)
 
 
 def invert_affine(matrix: np.ndarray) -> np.ndarray:

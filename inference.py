@@ -137,7 +137,10 @@ def region_crops(image: np.ndarray, face: Face, regions: dict[str, list[int]], s
 
 def save_region_crops(image: np.ndarray, faces: list[Face], meta: dict, folder: Path, prefix: str,
                       size: int) -> None:
-    """Each face's region crops (the keypoint metadata's regions) as FOLDER/PREFIXface{id or number}_{region}.png."""
+    """Each face's region crops (the keypoint metadata's regions) as FOLDER/PREFIXface{id or number}_{region}.png
+    (no folder for an image without a face)."""
+    if not faces:
+        return
     folder.mkdir(exist_ok=True)
     for number, face in enumerate(faces, start=1):
         label = face.face_id if face.face_id is not None else number

@@ -21,6 +21,7 @@ from geometry import CropGeometry, flip_points
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+MIRROR_OFFSET_LR_MULT = 10.0
 
 
 def create_backbone(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Module:
@@ -69,12 +70,11 @@ class LandmarkModel(nn.Module):
     """Backbone -> top-down FPN fused at stride 4 -> K heatmap logits, decoded by `codec`."""
 
     def __init__(self, backbone: str, num_keypoints: int, neck_channels: int = 64, beta_init: float = 16.0,
-                 sigma: float = 2.0, coord_loss: str = "l1", spread_weight: float = 0.01,
-                 heatmap_stride: int = HEATMAP_STRIDE, pretrained: bool = False, pretrained_path: str | None = None):
+                 sigma: float = 2.0, heatmap_stride: int = HEATMAP_STRIDE, pretrained: bool = False,
+                 pretrained_path: str | None = None):
         super().__init__()
         self.config = {"backbone": backbone, "num_keypoints": num_keypoints, "neck_channels": neck_channels,
-                       "beta_init": beta_init, "sigma": sigma, "coord_loss": coord_loss, "spread_weight": spread_weight,
-                       "heatmap_stride": heatmap_stride}
+                       "beta_init": beta_init, "sigma": sigma, "heatmap_stride": heatmap_stride}
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.backbone = create_backbone(backbone, pretrained, pretrained_path)
@@ -104,7 +104,7 @@ class LandmarkModel(nn.Module):
             )
         elif heatmap_stride != HEATMAP_STRIDE:
             raise UsageError(f"heatmap stride {heatmap_stride}: 2 or {HEATMAP_STRIDE}")
-        self.codec = HeatmapCodec(num_keypoints, sigma, beta_init, coord_loss, spread_weight, heatmap_stride)
+        self.codec = HeatmapCodec(num_keypoints, sigma, beta_init, heatmap_stride)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Heatmap logits (B, K, S/stride, S/stride) for float images in 0..255, RGB, (B, 3, S, S)."""
@@ -120,6 +120,20 @@ class LandmarkModel(nn.Module):
         fine = all_features[self.fine_index]
         return self.fine_head(self.fine_lateral(fine) + F.interpolate(head, size=fine.shape[-2:], mode="bilinear",
                                                                       align_corners=False))
+
+    def parameter_groups(self, lr: float, weight_decay: float, backbone_lr: float) -> list[dict]:
+        """AdamW's parameter groups: the backbone at `backbone_lr`, the rest at `lr`; no weight decay
+        on norms, biases and the mirror offset. The mirror offset (heatmap pixels) learns at
+        MIRROR_OFFSET_LR_MULT x the head's rate: Adam moves a parameter by about its rate per step,
+        and at the head's rate a 1-pixel offset would take most of a 20-epoch run to learn."""
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            offset = param is self.codec.mirror_offset
+            rate = backbone_lr if name.startswith("backbone.") else lr
+            rate *= MIRROR_OFFSET_LR_MULT if offset else 1.0
+            decay = weight_decay if param.ndim > 1 and not offset else 0.0
+            groups.setdefault((rate, decay), []).append(param)
+        return [{"params": params, "lr": rate, "weight_decay": decay} for (rate, decay), params in groups.items()]
 
     def predict(self, images: torch.Tensor, flip_index: list[int] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,3 +164,24 @@ def load_landmark_model(path: str | Path, map_location: str | torch.device = "cp
     except RuntimeError as err:
         raise CheckpointError(f"{path}: its weights do not fit its model config ({str(err)[:200]})") from None
     return model.eval(), checkpoint, CropGeometry(**checkpoint["crop"])
+
+
+def init_from_checkpoint(model: LandmarkModel, path: str | Path) -> str:
+    """Start `model` from the weights of a landmark checkpoint (a run's best.pth or last.pth): the
+    backbone and neck always, the head and the codec's learned parameters too when the landmarks
+    are the same in number; the head's last layer starts new when they differ. Returns what was
+    taken, for the log; CheckpointError if the checkpoint is of another architecture."""
+    checkpoint = read_checkpoint(path, LANDMARKS)
+    theirs, ours = checkpoint["model_config"], model.config
+    for key in ("backbone", "neck_channels", "heatmap_stride"):
+        if theirs[key] != ours[key]:
+            raise CheckpointError(f"--init-from {path}: its model has {key} {theirs[key]}, this run {ours[key]}; "
+                                  f"leave --{key.replace('_', '-')} out to take the checkpoint's")
+    own = model.state_dict()
+    taken = {k: v for k, v in checkpoint["model"].items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(taken, strict=False)
+    new = sorted({k.rsplit(".", 1)[0] for k in own if k not in taken})
+    same = theirs["num_keypoints"] == ours["num_keypoints"]
+    return (f"started from {path}: {len(taken)}/{len(own)} tensors"
+            + ("" if same else f" ({theirs['num_keypoints']} landmarks there, {ours['num_keypoints']} here: "
+                               f"new {', '.join(new)})"))

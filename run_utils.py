@@ -9,20 +9,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import random
-import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from errors import DataError, UsageError
+from errors import UsageError
+from outputs import strict_json, write_atomically
 
 
 def seed_everything(seed: int) -> None:
@@ -106,8 +104,9 @@ class StopRequest:
     """Turns SIGINT (Ctrl-C) and SIGTERM (spot or job preemption) into a flag checked between steps,
     so a run can save a checkpoint at a clean point instead of dying mid-update."""
 
-    def __init__(self):
+    def __init__(self, action: str = "saving last.pth after this step"):
         self.signal_name: str | None = None
+        self.action = action  # what the program does on a request, for the message
         self.previous = {}
 
     def __enter__(self) -> "StopRequest":
@@ -119,85 +118,19 @@ class StopRequest:
         if self.signal_name:
             raise KeyboardInterrupt  # a second Ctrl-C quits at once
         self.signal_name = signal.Signals(signum).name
-        print(f"\n{self.signal_name}: saving last.pth after this step (again to quit at once)", file=sys.stderr)
+        print(f"\n{self.signal_name}: {self.action} (again to quit at once)", file=sys.stderr)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(temporary path) beside `path`, then rename it into place: readers see the old
-    file or the new one, never half of one. The temporary file is removed if writing fails."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def file_above(path: Path) -> Path | None:
-    """The first folder on `path`'s way up that exists as a file instead, if any."""
-    return next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
-
-
-def check_output_folder(folder: str | Path, flag: str) -> Path:
-    """Create the output folder `flag` names, before any work: UsageError if it is a file, lies
-    under a file or cannot be written."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{flag} {folder}: is a file, not a folder")
-    if file_above(folder) is not None:
-        raise UsageError(f"{flag} {folder}: lies under a file ({file_above(folder)}), not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_test.{os.getpid()}"
-        probe.write_bytes(b"\0" * 1024)
-        probe.unlink()
-    except OSError as err:
-        raise UsageError(f"{flag} {folder}: cannot be written ({err.strerror or err})") from None
-    return folder
-
-
-def check_output_file(path: str | Path, flag: str) -> Path:
-    """Make sure the file `flag` names can be written, before any work (its folder is created)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{flag} {path}: is a folder; give a file name")
-    if file_above(path) is not None:
-        raise UsageError(f"{flag} {path}: lies under a file ({file_above(path)}), not a folder")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UsageError(f"{flag} {path}: cannot be written (no permission)")
-    check_output_folder(path.parent, flag)
-    return path
-
-
-def check_writable(folder: Path, needed_bytes: int) -> None:
-    """Fail at start-up, not after an epoch, if the run folder cannot take `needed_bytes`."""
-    check_output_folder(folder, "--work-dir")
-    free = shutil.disk_usage(folder).free
-    if free < needed_bytes:
-        raise DataError(f"{folder}: {free / 2**20:.0f} MB free, the checkpoints need about "
-                        f"{needed_bytes / 2**20:.0f} MB; free some space or choose another --work-dir")
-
-
-def strict_json(value):
-    """`value` with every NaN or infinite float replaced by None, so that json.dumps writes strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: strict_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(item) for item in value]
-    return value
-
-
-def write_json(path: str | Path, value, indent: int | None = None) -> None:
-    """Strict JSON (NaN and infinities as null), written atomically."""
-    text = json.dumps(strict_json(value), indent=indent, allow_nan=False)
-    write_atomically(Path(path), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the flags `argv` sets, as opposed to those left at their defaults."""
+    unset = object()
+    dests = vars(parser.parse_args(argv))
+    probe = parser.parse_args(argv, argparse.Namespace(**{dest: unset for dest in dests}))
+    return {dest for dest, value in vars(probe).items() if value is not unset}
 
 
 def resumed_settings(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace,
@@ -205,9 +138,7 @@ def resumed_settings(parser: argparse.ArgumentParser, argv: list[str] | None, ar
     """The settings of the run being resumed (`saved`, its checkpoint's args), with the flags in
     `may_change` taken from the command line; any other flag given that contradicts the run is
     refused in one line."""
-    unset = object()
-    probe = parser.parse_args(argv, argparse.Namespace(**{dest: unset for dest in vars(args)}))
-    given = {dest for dest, value in vars(probe).items() if value is not unset}
+    given = given_flags(parser, argv)
     defaults = vars(parser.parse_args([]))
     for dest in sorted(given - set(may_change)):
         if getattr(args, dest) != saved.get(dest, defaults[dest]):
@@ -277,5 +208,9 @@ class MetricsLog:
         """Keep only whole records of epochs up to `last_epoch` (later ones were written before a
         crash and are redone after resuming), rewriting the file atomically."""
         if self.path.exists():
-            text = "".join(json.dumps(r) + "\n" for r in self.read() if r["epoch"] <= last_epoch)
-            write_atomically(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            self.rewrite([r for r in self.read() if r["epoch"] <= last_epoch])
+
+    def rewrite(self, records: list[dict]) -> None:
+        """The file holding exactly `records`, written atomically."""
+        text = "".join(json.dumps(strict_json(r), allow_nan=False) + "\n" for r in records)
+        write_atomically(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -4,53 +4,53 @@
     python train_simple.py --data-root DIR --ann-root ANN_DIR --backbone resnet18 --input-size 128 \\
         --no-pretrained --epochs 20 --work-dir work_dirs/run
     python train_simple.py --resume work_dirs/run/last.pth --epochs 40
+    python train_simple.py --ann-root MY_FRAMES --init-from work_dirs/run/best.pth --epochs 60
     torchrun --nproc_per_node=4 train_simple.py ...     # DistributedDataParallel, --batch-size per process
 
 The run folder gets last.pth and best.pth (lowest validation NME_IOD), each holding the model
 config, crop geometry, keypoint metadata and weights that evaluate.py needs (checkpoints.py),
-and metrics.jsonl, a line per epoch.
+and metrics.jsonl, a line per epoch. best.pth is chosen on the validation file: val.json, or
+for DogFLW (train.json and test.json only) a held-out share of train.json (--val-fraction);
+test.json is then scored once, at the end, into test_metrics.json.
 
-Reading order: `train` is the run as its steps (data, model and optimiser, then per epoch
-`train_epoch` and `finish_epoch`); `train_step` is one optimisation step, which
-tools/benchmark.py times as it is.
+Reading order: `train` is the run as its steps (set-up, then per epoch `train_epoch` with
+`train_step` and `validate`, then the test score); what every run does, whatever it trains,
+is in training.py, which tools/train_detector.py shares.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from checkpoints import CHECKPOINT_FORMAT, LANDMARKS, TRAINING_STATE_KEYS, read_checkpoint, save_checkpoint
-from codec import COORD_LOSSES
-from dataset import Augmentation, EpochSampler, LandmarkDataset, collate_readable, read_meta_file
-from errors import (CheckpointError, CommandLineParser, DataError, Interrupted, TrainingStopped, UsageError,
-                    UserFacingError, fraction, multiple_of_32, non_negative_float, non_negative_int, number_type,
-                    positive_float, positive_int, reports_errors)
+from checkpoints import CHECKPOINT_FORMAT, LANDMARKS, read_checkpoint
+from coco_files import merge_coco, read_meta_file
+from dataset import Augmentation, EpochSampler, LandmarkDataset, collate_readable
+from dogflw import DEFAULT_ANN_ROOT, prepare_annotations
+from errors import (CheckpointError, CommandLineParser, DataError, UsageError, bounded_int,
+                    multiple_of_32, number_type, reports_errors)
 from evaluate import evaluate
 from geometry import CropGeometry
-from model import LandmarkModel
-from run_utils import (MetricsLog, StopRequest, broadcast_buffers, broadcast_from_rank0, check_output_folder,
-                       check_writable, choose_work_dir, ignore_ctrl_c, resumed_settings, seed_everything,
-                       setup_distributed, sum_across_ranks)
+from model import LandmarkModel, init_from_checkpoint
+from outputs import check_output_folder, check_writable, write_json
+from run_utils import (broadcast_buffers, broadcast_from_rank0, given_flags, ignore_ctrl_c, seed_everything,
+                       setup_distributed)
+from training import (RESUME_MAY_CHANGE as RUN_MAY_CHANGE, EpochResult, Run, StepResult, add_run_flags,
+                      autocast_dtype, finish_epoch, gradient_scaler, optimise, parse_run, run_epochs, run_folder,
+                      schedule, train_epoch)
 from visualize import plot_training_curves
-
-DEFAULT_ANN_ROOT = "data/dogflw/annotations"
-MIRROR_OFFSET_LR_MULT = 10.0
-
 
 AUGMENTATION_LIMITS = {"scale": (0, 0.9), "rotation": (0, 180), "shift": (0, 1), "flip_prob": (0, 1),
                        "color": (0, 0.9), "blur_prob": (0, 1), "noise_prob": (0, 1), "erase_prob": (0, 1)}
@@ -60,9 +60,9 @@ AUGMENTATION_HELP = {"scale": "crop side times a factor in 1 +- this", "rotation
                      "color": "brightness, contrast and saturation factors in 1 +- this",
                      "blur_prob": "Gaussian blur", "noise_prob": "Gaussian pixel noise",
                      "erase_prob": "one random rectangle filled with noise"}
-# what --resume takes from the command line; every other setting comes from the resumed run
-RESUME_MAY_CHANGE = ("resume", "epochs", "work_dir", "data_root", "ann_root", "meta", "device", "num_workers",
-                     "crop_cache", "no_crop_cache", "compile", "max_nonfinite_steps", "max_unreadable")
+# what --resume takes from the command line besides the run flags; every other setting is the run's own
+RESUME_MAY_CHANGE = (*RUN_MAY_CHANGE, "meta", "crop_cache", "no_crop_cache", "compile")
+ARCHITECTURE = ("backbone", "neck_channels", "heatmap_stride")  # what --init-from's checkpoint decides
 
 
 def build_parser() -> CommandLineParser:
@@ -70,16 +70,22 @@ def build_parser() -> CommandLineParser:
     data = parser.add_argument_group("data")
     data.add_argument("--data-root", help="dataset folder (default: the one the annotations record; "
                       "with no annotations yet, DogFLW is converted from here or downloaded)")
-    data.add_argument("--ann-root", default=DEFAULT_ANN_ROOT,
-                      help="folder with train.json and test.json (or val.json) from tools/convert_dogflw_to_coco.py")
+    data.add_argument("--ann-root", default=str(DEFAULT_ANN_ROOT), help="folder with train.json and val.json "
+                      "and/or test.json from tools/convert_dogflw_to_coco.py")
+    data.add_argument("--val-fraction", type=number_type(float, 0, 0.5), default=0.1, help="with train.json and "
+                      "test.json only (DogFLW), the breed-stratified share of train.json held out to choose best.pth "
+                      "on; test.json is scored once at the end. 0: validate on test.json (selects on the test set)")
+    data.add_argument("--extra-train", nargs="+", metavar="COCO_FILE", help="more training files (e.g. a lab's "
+                      "corrected frames, converted) to train on together with train.json, each under the data root "
+                      "it names")
     data.add_argument("--meta", help="keypoint metadata JSON for COCO files whose category lacks flip_index or "
                       "iod_pair (the converter's --meta format)")
-    data.add_argument("--input-size", type=multiple_of_32, default=256, help="crop side in pixels")
-    data.add_argument("--box-padding", type=positive_float, default=1.25, help="crop side = box side x this")
-    data.add_argument("--num-workers", type=non_negative_int, default=min(8, os.cpu_count() or 1),
-                      help="DataLoader worker processes (default: %(default)s: the cores, at most 8)")
+    data.add_argument("--input-size", type=multiple_of_32, default=256,
+                      help="crop side in pixels")
+    data.add_argument("--box-padding", type=number_type(float, 0, 10, low_open=True), default=1.25,
+                      help="crop side = box side x this")
     data.add_argument("--crop-cache", help="folder for the decoded face crops, reused across epochs and runs "
-                      "(default: crop_cache beside the annotations)")
+                      "(default: crop_cache in --ann-root)")
     data.add_argument("--no-crop-cache", action="store_true", help="decode every image at every epoch instead")
     aug = parser.add_argument_group("augmentation (0 switches a piece off)")
     for name, default in vars(Augmentation()).items():
@@ -88,87 +94,66 @@ def build_parser() -> CommandLineParser:
     net = parser.add_argument_group("model")
     net.add_argument("--backbone", default="hrnet_w32", help="hrnet_w32, tf_efficientnetv2_s or any timm "
                      "model with features_only")
-    net.add_argument("--neck-channels", type=positive_int, default=64, help="width of the FPN and heatmap head")
+    net.add_argument("--neck-channels", type=bounded_int(1, 4096), default=64,
+                     help="width of the FPN and heatmap head")
     net.add_argument("--heatmap-stride", type=int, choices=(2, 4), default=4, help="4: heatmaps at a quarter of the "
                      "input; 2: a fine head adds the stride-2 features and doubles their resolution")
     net.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights")
     net.add_argument("--pretrained-path", help="local backbone state dict instead of downloading")
+    net.add_argument("--init-from", help="a landmark checkpoint (best.pth) to start from: its architecture and "
+                     "weights (the head's last layer new if the landmarks differ in number); a new optimiser and "
+                     "schedule")
     loss = parser.add_argument_group("loss")
-    loss.add_argument("--sigma", type=positive_float, default=2.0, help="Gaussian target sigma in heatmap pixels")
-    loss.add_argument("--heatmap-loss-weight", type=non_negative_float, default=1.0,
-                      help="MSE against Gaussian heatmap targets")
-    loss.add_argument("--coord-loss-weight", type=non_negative_float, default=1.0,
-                      help="the coordinate term on the soft-argmax landmarks")
-    loss.add_argument("--coord-loss", choices=COORD_LOSSES, default="l1", help="l1: L1 distance; star: the "
-                      "distance in the predicted distribution's spread (an edge's ambiguity costs less); star-shape: "
-                      "L1 weighted by that spread's direction alone, codec.py")
-    loss.add_argument("--spread-weight", type=non_negative_float, default=0.01, help="with --coord-loss star, the "
-                      "weight of the distribution's variance (heatmap px^2)")
+    loss.add_argument("--sigma", type=number_type(float, 0, 64, low_open=True), default=2.0,
+                      help="Gaussian target sigma in heatmap pixels")
+    weight = number_type(float, 0, 1000)
+    loss.add_argument("--heatmap-loss-weight", type=weight, default=1.0, help="MSE against Gaussian heatmap targets")
+    loss.add_argument("--coord-loss-weight", type=weight, default=1.0, help="L1 on the soft-argmax landmarks")
     loss.add_argument("--keypoint-weights", help="JSON file with one weight per landmark for both losses "
                       "(default: the annotations' keypoint_weights, else all 1)")
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=positive_int, default=210, help="epochs of the whole run (days of CPU for "
-                     "hrnet_w32 at 256: use a GPU, or --backbone resnet18 --input-size 128 --epochs 20)")
-    opt.add_argument("--batch-size", type=positive_int, default=32, help="per process under torchrun")
-    opt.add_argument("--lr", type=positive_float, default=4e-3, help="peak AdamW learning rate of the head")
-    opt.add_argument("--backbone-lr-mult", type=non_negative_float, default=0.1,
-                     help="backbone learning rate = lr x this when it starts from pretrained weights")
-    opt.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay (not on "
-                     "norms, biases and the mirror offset)")
-    opt.add_argument("--warmup-epochs", type=non_negative_float, default=1.0, help="linear warm-up before the cosine "
-                     "decay")
+    opt.add_argument("--epochs", type=bounded_int(1, 100_000), default=210, help="epochs of the whole run (days of "
+                     "CPU for hrnet_w32 at 256: use a GPU, or --backbone resnet18 --input-size 128 --epochs 20)")
+    opt.add_argument("--batch-size", type=bounded_int(1, 65_536), default=32, help="per process under torchrun")
+    opt.add_argument("--lr", type=number_type(float, 0, 10, low_open=True), default=4e-3,
+                     help="peak AdamW learning rate of the head")
+    opt.add_argument("--backbone-lr-mult", type=number_type(float, 0, 100), default=0.1,
+                     help="backbone learning rate = lr x this when it starts from pretrained weights or --init-from")
+    opt.add_argument("--weight-decay", type=number_type(float, 0, 10), default=1e-4,
+                     help="AdamW weight decay (not on norms, biases and the mirror offset)")
+    opt.add_argument("--warmup-epochs", type=number_type(float, 0, 100_000), default=1.0,
+                     help="linear warm-up before the cosine decay")
     opt.add_argument("--ema-decay", type=number_type(float, 0, 1, high_open=True), default=0.999,
                      help="EMA of weights for validation and best.pth; 0 turns it off")
-    add_run_flags(parser.add_argument_group("run"))
+    run = parser.add_argument_group("run")
+    add_run_flags(run, "work_dirs/<backbone>_<input-size>", min(8, os.cpu_count() or 1))
+    run.add_argument("--compile", action="store_true", help="torch.compile the training forward pass "
+                     "(minutes of compiling first; pays off on long GPU runs)")
     return parser
 
 
-def add_run_flags(run: argparse._ArgumentGroup) -> None:
-    """The flags of where and how the run goes, as opposed to what it trains."""
-    run.add_argument("--work-dir", help="run folder (default: work_dirs/<backbone>_<input-size>, or -2, -3, ... "
-                     "when that holds an earlier run; with --resume, the checkpoint's folder)")
-    run.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
-    run.add_argument("--resume", help="last.pth to continue from: the run goes on with its own settings; "
-                     f"of the other flags only {', '.join('--' + f.replace('_', '-') for f in RESUME_MAY_CHANGE[1:])} "
-                     "are taken from this command line")
-    run.add_argument("--compile", action="store_true", help="torch.compile the training forward pass "
-                     "(minutes of compiling first; pays off on long GPU runs)")
-    run.add_argument("--seed", type=int, default=0, help="fixes initialisation, shuffle and augmentation")
-    run.add_argument("--max-nonfinite-steps", type=positive_int, default=20,
-                     help="stop after this many steps in a row with a non-finite loss or gradient")
-    run.add_argument("--max-unreadable", type=fraction, default=0.02,
-                     help="stop when more than this fraction of an epoch's images cannot be read")
+def parse_run_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
+    """The run's settings and, with --resume, its checkpoint: the command line, or the resumed
+    run's own settings with only RESUME_MAY_CHANGE taken from the command line. With --init-from,
+    the architecture is the checkpoint's."""
+    parser = build_parser()
+    args, checkpoint = parse_run(parser, argv, LANDMARKS, RESUME_MAY_CHANGE)
+    if args.coord_loss_weight == 0 and args.heatmap_loss_weight == 0:
+        parser.error("--heatmap-loss-weight and --coord-loss-weight are both 0: nothing would be learned")
+    if args.init_from and not args.resume:
+        config = read_checkpoint(args.init_from, LANDMARKS, mmap=True)["model_config"]
+        given = given_flags(parser, argv)
+        for dest in ARCHITECTURE:
+            if dest in given and getattr(args, dest) != config[dest]:
+                raise UsageError(f"--{dest.replace('_', '-')} {getattr(args, dest)}: --init-from {args.init_from} "
+                                 f"has {config[dest]}; leave the flag out to take the checkpoint's")
+            setattr(args, dest, config[dest])
+    return args, checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The run's settings: the command line, or with --resume the resumed run's own settings, with
-    only the flags of RESUME_MAY_CHANGE taken from the command line."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.coord_loss_weight == 0 and args.heatmap_loss_weight == 0:
-        parser.error("--heatmap-loss-weight and --coord-loss-weight are both 0: nothing would be learned")
-    if args.resume:
-        saved = read_checkpoint(args.resume, LANDMARKS, mmap=True).get("args") or {}
-        args = resumed_settings(parser, argv, args, saved, RESUME_MAY_CHANGE)
-    return args
-
-
-def prepare_annotations(ann_root: Path, data_root: str | None) -> tuple[Path, Path]:
-    """Train and validation annotation files; converts DogFLW first if there are none."""
-    if not (ann_root / "train.json").exists():
-        from tools.convert_dogflw_to_coco import DOGFLW_META, convert, download_dogflw
-        print(f"{ann_root / 'train.json'} not found: converting DogFLW "
-              f"{'from ' + data_root if data_root else '(downloading it first)'}")
-        convert(Path(data_root) if data_root else download_dogflw(), ann_root, DOGFLW_META)
-    for name in ("test.json", "val.json"):
-        if (ann_root / name).exists():
-            return ann_root / "train.json", ann_root / name
-    raise DataError(f"{ann_root}: has train.json but neither test.json nor val.json to validate on")
-
-
-def default_cache_dir(train_ann: str | Path) -> Path:
-    """Where the crop cache goes unless --crop-cache says: beside the annotations."""
-    return Path(train_ann).parent / "crop_cache"
+    """The run's settings (parse_run_args without the checkpoint)."""
+    return parse_run_args(argv)[0]
 
 
 def load_keypoint_weights(path: str | None, meta: dict) -> torch.Tensor:
@@ -192,13 +177,6 @@ def load_keypoint_weights(path: str | None, meta: dict) -> torch.Tensor:
     return tensor * k / tensor.sum()
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA, fp16 (with a gradient scaler) on GPUs without bf16, full precision elsewhere."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def place_model(model: LandmarkModel, device: torch.device) -> torch.memory_format:
     """Move the model to the device; on CUDA in channels-last layout with cuDNN autotuning (the input
     size is fixed). Returns the memory format its input batches should have."""
@@ -210,32 +188,12 @@ def place_model(model: LandmarkModel, device: torch.device) -> torch.memory_form
 
 
 def build_optimizer(model: LandmarkModel, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on norms, biases and the mirror offset; a lower rate for a pretrained
-    backbone. The mirror offset (heatmap pixels) learns at MIRROR_OFFSET_LR_MULT x the head's rate:
-    Adam moves a parameter by about its rate per step, and at the head's rate a 1-pixel offset
-    would take most of a 20-epoch run to learn."""
-    pretrained = not args.no_pretrained or args.pretrained_path is not None
-    backbone_lr = args.lr * (args.backbone_lr_mult if pretrained else 1.0)
-    groups = {}
-    for name, param in model.named_parameters():
-        offset = param is model.codec.mirror_offset
-        lr = backbone_lr if name.startswith("backbone.") else args.lr
-        lr *= MIRROR_OFFSET_LR_MULT if offset else 1.0
-        decay = args.weight_decay if param.ndim > 1 and not offset else 0.0
-        groups.setdefault((lr, decay), []).append(param)
+    """AdamW over the model's parameter groups; a backbone that starts from trained weights
+    (ImageNet, --pretrained-path, --init-from) learns at --backbone-lr-mult x the head's rate."""
+    trained = not args.no_pretrained or args.pretrained_path is not None or args.init_from is not None
+    groups = model.parameter_groups(args.lr, args.weight_decay, args.lr * (args.backbone_lr_mult if trained else 1.0))
     # on CUDA the fused kernel updates every tensor at once instead of a few kernels per tensor
-    return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
-                             fused=next(model.parameters()).is_cuda or None)
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int):
-    """LR factor: linear warm-up from 1 % to 100 %, then cosine decay to 1 %."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return 0.01 + 0.99 * step / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
+    return torch.optim.AdamW(groups, fused=next(model.parameters()).is_cuda or None)
 
 
 class WeightAverage:
@@ -258,13 +216,6 @@ class WeightAverage:
 
 
 @torch.no_grad()
-def gradient_norm(model: torch.nn.Module) -> torch.Tensor:
-    """L2 norm of all gradients together, as a 0-d tensor on their device (no host sync)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-
-
-@torch.no_grad()
 def copy_tensors(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
     """targets[i] <- sources[i], in one fused call where torch has it."""
     if hasattr(torch, "_foreach_copy_"):
@@ -281,61 +232,54 @@ def checkpoint_bytes(model: LandmarkModel) -> int:
     return 3 * 4 * sum(t.numel() * t.element_size() for t in tensors)
 
 
-def read_resume_checkpoint(args: argparse.Namespace) -> dict:
-    """The training checkpoint --resume names (parse_args took the run's settings from it)."""
-    checkpoint = read_checkpoint(args.resume, LANDMARKS)
-    missing = [k for k in TRAINING_STATE_KEYS if k not in checkpoint]
-    if missing:
-        raise CheckpointError(f"{args.resume}: not a training checkpoint of train_simple.py (no "
-                              f"{', '.join(missing)}); resume from a run's last.pth (best.pth holds the "
-                              "inference weights only)")
-    if args.epochs <= checkpoint["epoch"]:
-        raise UsageError(f"--epochs {args.epochs}: the run has finished {checkpoint['epoch']} epochs already; "
-                         "give a larger --epochs to train longer")
-    return checkpoint
+@dataclass
+class Data:
+    """The training and validation sets with their sampler and loaders, and the test file that is
+    scored once at the end (None if there is none, or validation is on it)."""
+    train_set: LandmarkDataset
+    val_set: LandmarkDataset
+    train_loader: DataLoader
+    val_loader: DataLoader
+    test_file: Path | None
 
 
-def load_datasets(args: argparse.Namespace, world_size: int) -> tuple[LandmarkDataset, LandmarkDataset]:
+def load_datasets(args: argparse.Namespace, world_size: int) -> tuple[LandmarkDataset, LandmarkDataset, Path | None]:
     """The annotations (converted first if missing) as training and validation sets, checked before
     any image is decoded: the same landmarks in both, a batch per process, and validation images
-    that NME_IOD can score."""
-    train_ann, val_ann = prepare_annotations(Path(args.ann_root), args.data_root)
+    that NME_IOD can score; and the test file."""
+    files = prepare_annotations(args.ann_root, args.data_root, args.val_fraction)
+    if args.extra_train:
+        merged = Path(args.work_dir) / "train_with_extra.json"
+        merged.parent.mkdir(parents=True, exist_ok=True)
+        write_json(merged, merge_coco([files.train, *map(Path, args.extra_train)],
+                                      [args.data_root] + [None] * len(args.extra_train)))
+        files.train = merged
     meta = read_meta_file(args.meta) if args.meta else None
     augmentation = Augmentation(**{f: getattr(args, f"aug_{f}") for f in vars(Augmentation())})
-    train_set = LandmarkDataset(train_ann, args.data_root, args.input_size, args.box_padding, augmentation,
+    train_set = LandmarkDataset(files.train, args.data_root, args.input_size, args.box_padding, augmentation,
                                 seed=args.seed, meta_override=meta)
-    val_set = LandmarkDataset(val_ann, args.data_root, args.input_size, args.box_padding, meta_override=meta)
+    val_set = LandmarkDataset(files.val, args.data_root, args.input_size, args.box_padding, meta_override=meta)
     if val_set.meta["num_keypoints"] != train_set.meta["num_keypoints"]:
-        raise DataError(f"{val_ann}: {val_set.meta['num_keypoints']} landmarks, "
-                        f"{train_ann}: {train_set.meta['num_keypoints']}")
+        raise DataError(f"{files.val}: {val_set.meta['num_keypoints']} landmarks, "
+                        f"{files.train}: {train_set.meta['num_keypoints']}")
     if len(train_set) < args.batch_size * world_size:
-        raise DataError(f"{train_ann}: {len(train_set)} images, fewer than one batch of {args.batch_size} "
+        raise DataError(f"{files.train}: {len(train_set)} images, fewer than one batch of {args.batch_size} "
                         f"per process")
     first, second = val_set.meta["iod_pair"]
     if not any(r["labelled"][[first, second]].all() and np.linalg.norm(r["keypoints"][first] - r["keypoints"][second])
                > 1e-6 for r in val_set.records):
-        raise DataError(f"{val_ann}: no image has a usable inter-ocular distance (landmarks {first} and {second} "
+        raise DataError(f"{files.val}: no image has a usable inter-ocular distance (landmarks {first} and {second} "
                         "labelled and apart), so NME_IOD cannot score it")
-    return train_set, val_set
+    return train_set, val_set, files.test
 
 
 def check_same_annotations(checkpoint: dict, train_set: LandmarkDataset, val_set: LandmarkDataset) -> None:
     """Refuse to resume a run on annotations other than its own (same landmarks or not)."""
     for name, dataset in (("train", train_set), ("val", val_set)):
         saved = (checkpoint.get("annotations") or {}).get(name)
-        if saved is not None and saved != dataset.annotation_digest():
+        if saved is not None and saved != dataset.digest:
             raise DataError(f"{dataset.ann_file}: not the annotations the run being resumed was trained on (the "
                             "file has changed, or --ann-root names another); --resume continues a run on its own data")
-
-
-@dataclass
-class Data:
-    """Both annotation sets as datasets and loaders, and the sampler that orders the epochs."""
-    train_set: LandmarkDataset
-    val_set: LandmarkDataset
-    sampler: EpochSampler
-    train_loader: DataLoader
-    val_loader: DataLoader
 
 
 def use_crop_caches(datasets: list[LandmarkDataset], cache_dir: str | Path, rank: int, world_size: int,
@@ -350,12 +294,18 @@ def use_crop_caches(datasets: list[LandmarkDataset], cache_dir: str | Path, rank
             dataset.use_cache(cache_dir, build=False)
 
 
-def build_loaders(args: argparse.Namespace, train_set: LandmarkDataset, val_set: LandmarkDataset, rank: int,
-                  world_size: int, device: torch.device) -> Data:
+def evaluation_loader(dataset: LandmarkDataset, batch_size: int, rank: int, world_size: int, workers: dict
+                      ) -> DataLoader:
+    """A loader of each rank's share of an evaluation set."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=range(rank, len(dataset), world_size), **workers)
+
+
+def build_loaders(args: argparse.Namespace, train_set: LandmarkDataset, val_set: LandmarkDataset,
+                  test_file: Path | None, rank: int, world_size: int, device: torch.device) -> Data:
     """The crop caches and loaders: each rank trains on its share of every epoch and validates on its
     share of the validation set."""
     if not args.no_crop_cache:
-        cache_dir = args.crop_cache or default_cache_dir(train_set.ann_file)
+        cache_dir = args.crop_cache or Path(args.ann_root) / "crop_cache"
         if rank == 0:
             check_output_folder(cache_dir, "--crop-cache")
         use_crop_caches([train_set, val_set], cache_dir, rank, world_size, args.num_workers)
@@ -363,98 +313,78 @@ def build_loaders(args: argparse.Namespace, train_set: LandmarkDataset, val_set:
     workers = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
                    worker_init_fn=ignore_ctrl_c, pin_memory=device.type == "cuda", collate_fn=collate_readable)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **workers)
-    val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, sampler=range(rank, len(val_set), world_size),
-                            **workers)
-    return Data(train_set, val_set, sampler, train_loader, val_loader)
+    val_loader = evaluation_loader(val_set, args.batch_size * 2, rank, world_size, workers)
+    return Data(train_set, val_set, train_loader, val_loader, test_file)
 
 
 @dataclass
-class Run:
-    """The model and everything that updates it, and where the run stands."""
-    args: argparse.Namespace
-    device: torch.device
-    rank: int
-    world_size: int
-    meta: dict
-    keypoint_weights: torch.Tensor
-    model: LandmarkModel
-    forward: Callable  # the model, wrapped by DDP and torch.compile where they are on
-    ema: LandmarkModel | None
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None
-    memory_format: torch.memory_format
-    annotations: dict[str, str] = field(default_factory=dict)  # digest of each annotation file
-    best_nme: float = math.inf
-    metrics: dict | None = None  # the last validation's
-    bad_steps: int = 0  # non-finite steps in a row
+class LandmarkRun(Run):
+    """A landmark run: the model and its EMA, the landmarks' metadata and loss weights, how crops
+    are cut, and the digest of each annotation file."""
+    meta: dict = field(default_factory=dict)
+    keypoint_weights: torch.Tensor | None = None
+    forward: Callable | None = None  # the model, wrapped by DDP and torch.compile where they are on
+    ema: LandmarkModel | None = None
+    memory_format: torch.memory_format = torch.contiguous_format
+    geometry: CropGeometry | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
     average: WeightAverage | None = field(init=False)
     buffers: list[torch.Tensor] = field(init=False)
     buffers_before_step: list[torch.Tensor] = field(init=False)
+    BEST_KEY: ClassVar[str] = "best_nme"
 
     def __post_init__(self):
+        super().__post_init__()
         self.average = WeightAverage(self.ema, self.model) if self.ema is not None else None
         # a skipped step must not leave its forward pass in the BatchNorm statistics either
         self.buffers = list(self.model.buffers())
         self.buffers_before_step = [b.clone() for b in self.buffers]
 
     @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
     def eval_model(self) -> LandmarkModel:
         return self.ema if self.ema is not None else self.model
-
-    @property
-    def work_dir(self) -> Path:
-        return Path(self.args.work_dir)
-
-    def log(self, message: str) -> None:
-        if self.is_main:
-            print(message)
 
     def inference_state(self, epoch: int) -> dict:
         """best.pth (checkpoints.py): the inference model, its crops and metadata, and where the
         run stood; enough for evaluation, prediction and export."""
         return {
             "format": CHECKPOINT_FORMAT, "kind": LANDMARKS, "model_config": self.model.config,
-            "model": self.eval_model.state_dict(),
-            "crop": asdict(CropGeometry(self.args.input_size, self.args.box_padding)),
-            "keypoint_meta": self.meta, "epoch": epoch, "best_nme": self.best_nme, "metrics": self.metrics,
-            "args": vars(self.args), "annotations": self.annotations,
+            "model": self.eval_model.state_dict(), "crop": asdict(self.geometry), "keypoint_meta": self.meta,
+            "epoch": epoch, "best_nme": self.best, "metrics": self.metrics, "args": vars(self.args),
+            "annotations": self.annotations,
         }
 
-    def training_state(self, epoch: int, next_batch: int = 0) -> dict:
-        """last.pth: the inference state and everything a resume needs. `epoch` is the last finished
-        epoch; `next_batch` > 0 means epoch + 1 stopped after that many batches."""
-        return {
-            **self.inference_state(epoch), "train_model": self.model.state_dict(), "next_batch": next_batch,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
+    def weights_state(self) -> dict:
+        return {"train_model": self.model.state_dict()}
+
+    def restore_weights(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["train_model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(checkpoint["model"])
 
 
 def create_model(args: argparse.Namespace, num_keypoints: int, checkpoint: dict | None) -> LandmarkModel:
     """The network to train: rebuilt from a resumed checkpoint's config (its weights are restored
-    later), else new, with the backbone weights --no-pretrained and --pretrained-path ask for."""
-    if checkpoint is None:
-        return LandmarkModel(args.backbone, num_keypoints, args.neck_channels, sigma=args.sigma,
-                             coord_loss=args.coord_loss, spread_weight=args.spread_weight,
-                             heatmap_stride=args.heatmap_stride,
-                             pretrained=not args.no_pretrained, pretrained_path=args.pretrained_path)
-    if checkpoint["model_config"]["num_keypoints"] != num_keypoints:
-        raise CheckpointError(f"{args.resume}: predicts {checkpoint['model_config']['num_keypoints']} "
-                              f"landmarks, {args.ann_root} has {num_keypoints}")
-    return LandmarkModel(**checkpoint["model_config"])
+    later), else new, with the backbone weights --no-pretrained, --pretrained-path or --init-from
+    ask for."""
+    if checkpoint is not None:
+        if checkpoint["model_config"]["num_keypoints"] != num_keypoints:
+            raise CheckpointError(f"{args.resume}: predicts {checkpoint['model_config']['num_keypoints']} "
+                                  f"landmarks, {args.ann_root} has {num_keypoints}")
+        return LandmarkModel(**checkpoint["model_config"])
+    model = LandmarkModel(args.backbone, num_keypoints, args.neck_channels, sigma=args.sigma,
+                          heatmap_stride=args.heatmap_stride, pretrained=not (args.no_pretrained or args.init_from),
+                          pretrained_path=args.pretrained_path)
+    if args.init_from:
+        print(init_from_checkpoint(model, args.init_from))
+    return model
 
 
 def build_run(args: argparse.Namespace, model: LandmarkModel, meta: dict, keypoint_weights: torch.Tensor,
-              steps_per_epoch: int, device: torch.device, rank: int = 0, world_size: int = 1) -> Run:
+              steps_per_epoch: int, device: torch.device, rank: int = 0, world_size: int = 1,
+              geometry: CropGeometry | None = None) -> LandmarkRun:
     """The model on `device` with its EMA, the AdamW optimiser, the warm-up + cosine schedule and
-    the gradient scaler."""
+    the gradient scaler; crops cut by `geometry` (by default the flags')."""
     model.codec.log_beta.requires_grad_(args.coord_loss_weight > 0)  # only the coordinate loss trains beta
     memory_format = place_model(model, device)
     ema = copy.deepcopy(model).requires_grad_(False) if args.ema_decay > 0 else None
@@ -463,198 +393,85 @@ def build_run(args: argparse.Namespace, model: LandmarkModel, meta: dict, keypoi
     if args.compile:
         forward = torch.compile(forward)
     optimizer = build_optimizer(model, args)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch))
     amp_dtype = autocast_dtype(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    return Run(args, device, rank, world_size, meta, keypoint_weights.to(device), model, forward, ema, optimizer,
-               scheduler, scaler, amp_dtype, memory_format)
+    return LandmarkRun(args, device, model, optimizer, schedule(optimizer, round(args.warmup_epochs * steps_per_epoch),
+                                                                 args.epochs * steps_per_epoch),
+                       gradient_scaler(amp_dtype), amp_dtype, rank, world_size, meta=meta,
+                       keypoint_weights=keypoint_weights.to(device), forward=forward, ema=ema,
+                       memory_format=memory_format, geometry=geometry or CropGeometry(args.input_size, args.box_padding))
 
 
-def restore(run: Run, checkpoint: dict) -> tuple[int, int]:
-    """Put the run where `checkpoint` left it (weights, optimiser, schedule, random stream, best
-    score, metrics.jsonl); returns the epoch and the batch within it to continue from."""
-    run.model.load_state_dict(checkpoint["train_model"])
-    if run.ema is not None:
-        run.ema.load_state_dict(checkpoint["model"])
-    run.optimizer.load_state_dict(checkpoint["optimizer"])
-    run.scheduler.load_state_dict(checkpoint["scheduler"])
-    run.scaler.load_state_dict(checkpoint["scaler"])
-    if checkpoint.get("torch_rng") is not None:
-        torch.set_rng_state(checkpoint["torch_rng"])
-    if checkpoint.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
-    run.best_nme, run.metrics = checkpoint["best_nme"], checkpoint["metrics"]
-    epoch, next_batch = checkpoint["epoch"], checkpoint.get("next_batch", 0)
-    planned = (checkpoint.get("args") or {}).get("epochs", run.args.epochs)
-    if planned != run.args.epochs:  # the schedule's lambda is this run's; its place is the checkpoint's
-        factor = run.scheduler.lr_lambdas[0](run.scheduler.last_epoch)
-        run.log(f"--epochs {run.args.epochs}: the run was planned for {planned}, so its warm-up + cosine schedule "
-                f"is stretched to {run.args.epochs} epochs and the learning rate goes from "
-                f"{run.scheduler.get_last_lr()[0]:.2e} to {run.scheduler.base_lrs[0] * factor:.2e} now")
-    if run.is_main:
-        MetricsLog(run.work_dir / "metrics.jsonl").trim(epoch)
-    run.log(f"resumed from {run.args.resume} at epoch {epoch}" + (f" + {next_batch} batches" if next_batch else "")
-            + f" (best NME_IOD {run.best_nme:.3f})")
-    return epoch + 1, next_batch
-
-
-@dataclass
-class StepResult:
-    """What the loop needs to know of a step: the loss and its terms (averaged over ranks), whether
-    it was finite (and so taken), and whether any rank was asked to stop."""
-    loss: float
-    parts: dict[str, float]
-    finite: bool
-    stop: bool
-
-
-def train_step(run: Run, batch: dict, stop_requested: bool = False) -> StepResult:
+def train_step(run: LandmarkRun, batch: dict, stop_requested: bool = False) -> StepResult | None:
     """One optimisation step on a batch of crops, as the loop runs it and tools/benchmark.py times
-    it: forward under autocast, loss, backward, one host sync for the figures the decisions need,
-    then the AdamW step and the EMA update. A step whose loss or gradient is not finite changes
-    nothing, BatchNorm statistics included. Under DDP every rank takes the same decisions."""
+    it: forward under autocast, the codec's loss, then training.optimise (backward, one host sync,
+    the AdamW step when finite) and the EMA update. A step whose loss or gradient is not finite
+    changes nothing, BatchNorm statistics included. None for a batch of which nothing could be read."""
+    if "image" not in batch:
+        return None
     images = batch["image"].to(run.device, non_blocking=True).float().contiguous(memory_format=run.memory_format)
     keypoints = batch["keypoints"].to(run.device, non_blocking=True)
     mirrored = batch["mirrored"].to(run.device, non_blocking=True)
     labelled = batch["labelled"].to(run.device, non_blocking=True)
     copy_tensors(run.buffers_before_step, run.buffers)
-    with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+    with run.autocast():
         logits = run.forward(images)
     loss, parts = run.model.codec.loss(logits, keypoints, mirrored, run.args.heatmap_loss_weight,
                                        run.args.coord_loss_weight, run.keypoint_weights, labelled)
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.unscale_(run.optimizer)
-    # the step's one host sync: every figure the decisions below need
-    loss_value, grad_norm, heatmap, coord = torch.stack(
-        [loss.detach(), gradient_norm(run.model), parts["heatmap"], parts["coord"]]).tolist()
-    loss_value, heatmap, coord, stops = sum_across_ranks([loss_value, heatmap, coord, float(stop_requested)],
-                                                         run.device)
-    # an fp16 scaler overflows on purpose now and then; it skips those steps itself
-    finite = math.isfinite(loss_value) and (run.scaler.is_enabled() or math.isfinite(grad_norm))
-    if finite:
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        if run.average is not None:
-            step = run.scheduler.last_epoch + 1  # batches of the run so far, this one included
-            run.average.update(min(run.args.ema_decay, (1 + step) / (10 + step)))
-    else:
+    result = optimise(run, loss, parts, stop_requested)
+    if result.finite and run.average is not None:
+        step = run.scheduler.last_epoch + 1  # batches of the run so far, this one included
+        run.average.update(min(run.args.ema_decay, (1 + step) / (10 + step)))
+    elif not result.finite:
         copy_tensors(run.buffers, run.buffers_before_step)
-    n = run.world_size
-    return StepResult(loss_value / n, {"heatmap": heatmap / n, "coord": coord / n}, finite, stops > 0)
+    return result
 
 
-class RunHalted(Exception):
-    """Raised inside the loop to stop the run: `train` saves last.pth at (epoch, next_batch), then
-    raises `error` to the user."""
-
-    def __init__(self, error: UserFacingError, epoch: int, next_batch: int):
-        super().__init__(str(error))
-        self.error, self.epoch, self.next_batch = error, epoch, next_batch
-
-
-def check_unreadable(run: Run, unreadable: list[str], limit: float, batch: dict) -> None:
-    """Stop when too many of the epoch's images could not be read, or a DDP rank got none of a batch."""
-    if len(unreadable) > limit:
-        raise TrainingStopped(f"{len(unreadable)} training images could not be read this epoch "
-                              f"(limit {run.args.max_unreadable:.0%}), e.g. {unreadable[0]}")
-    if "image" not in batch and run.world_size > 1:
-        raise TrainingStopped(f"no image of a batch could be read, e.g. {unreadable[-1]}")
-
-
-def count_bad_step(run: Run, epoch: int, batch_index: int) -> None:
-    """A non-finite step was skipped: warn, and halt after --max-nonfinite-steps in a row."""
-    run.bad_steps += 1
-    if run.is_main:
-        tqdm.write(f"warning: epoch {epoch} batch {batch_index}: non-finite loss or gradient, step skipped")
-    if run.bad_steps >= run.args.max_nonfinite_steps:
-        raise RunHalted(TrainingStopped(
-            f"{run.bad_steps} steps in a row with a non-finite loss or gradient; stopped. "
-            f"{run.work_dir / 'last.pth'} holds the last good weights (try a lower --lr)"), epoch - 1, batch_index)
-
-
-@dataclass
-class EpochResult:
-    """An epoch of training: its mean losses by name, speed, duration and the images it could not read."""
-    losses: dict[str, float]
-    images_per_s: float
-    seconds: float
-    unreadable: list[str]
-
-
-def train_epoch(run: Run, data: Data, epoch: int, start_batch: int, stop: StopRequest) -> EpochResult:
-    """Train one epoch, from batch `start_batch` when resuming inside it. Returns the epoch's mean
-    losses, the images it could not read and its speed; raises RunHalted to stop the run."""
-    run.model.train()
-    data.sampler.set_epoch(epoch, start_batch)
-    start, sums, steps_done, unreadable = time.time(), {"loss": 0.0, "heatmap": 0.0, "coord": 0.0}, 0, []
-    limit = run.args.max_unreadable * data.sampler.batches_per_epoch * run.args.batch_size
-    bar = tqdm(data.train_loader, desc=f"epoch {epoch}/{run.args.epochs}", mininterval=1.0, dynamic_ncols=True,
-               disable=not run.is_main)
-    for i, batch in enumerate(bar, start=start_batch):
-        unreadable += batch["unreadable"]
-        check_unreadable(run, unreadable, limit, batch)
-        stop_now = stop.signal_name is not None
-        if "image" in batch:  # else nothing in the batch could be read (counted above)
-            result = train_step(run, batch, stop_now)
-            stop_now = result.stop
-            if result.finite:
-                run.bad_steps, steps_done = 0, steps_done + 1
-                for key, value in [("loss", result.loss), *result.parts.items()]:
-                    sums[key] += value
-            else:
-                count_bad_step(run, epoch, i)
-            bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}", refresh=False)
-        run.scheduler.step()
-        if stop_now:
-            raise RunHalted(Interrupted(
-                f"{stop.signal_name or 'a stop request'}: saved {run.work_dir / 'last.pth'} at epoch {epoch}, "
-                f"batch {i + 1}/{data.sampler.batches_per_epoch}; continue with "
-                f"--resume {run.work_dir / 'last.pth'}"), epoch - 1, i + 1)
-    seconds = time.time() - start
-    return EpochResult({f"train_{k}": v / max(1, steps_done) for k, v in sums.items()},
-                       steps_done * run.args.batch_size * run.world_size / seconds, seconds, unreadable)
-
-
-def finish_epoch(run: Run, data: Data, epoch: int, trained: EpochResult) -> None:
-    """Validate, then write the epoch's line in metrics.jsonl, last.pth and (at a new best) best.pth."""
-    start = time.time()
+def validate(run: LandmarkRun, data: Data, epoch: int, trained: EpochResult, started: float) -> None:
+    """Score the EMA model on the validation set, then training.finish_epoch (metrics.jsonl,
+    last.pth, best.pth)."""
     broadcast_buffers(run.eval_model)  # the model rank 0 saves is the one every rank evaluates
     run.metrics, _ = evaluate(run.eval_model, data.val_loader, run.device)
     val_unreadable = run.metrics["unreadable_images"]
     # mean learned offset (input px) between a mirrored face's labels and the mirrored labels
     offset_x, offset_y = run.eval_model.codec.mirror_shift(True).mean(dim=(0, 1)).tolist()
-    record = {"epoch": epoch, **trained.losses, "lr": run.scheduler.get_last_lr()[0],
-              "val_nme_iod": run.metrics["nme_iod"], "val_failure_rate": run.metrics["failure_rate_10"],
+    record = {"val_nme_iod": run.metrics["nme_iod"], "val_failure_rate": run.metrics["failure_rate_10"],
               "val_auc": run.metrics["auc_10"], "mirror_offset_x": offset_x, "mirror_offset_y": offset_y,
-              "train_unreadable": len(trained.unreadable), "val_unreadable": len(val_unreadable),
-              "train_images_per_s": trained.images_per_s, "epoch_time_s": trained.seconds + time.time() - start}
-    improved = run.metrics["nme_iod"] < run.best_nme
-    run.best_nme = min(run.best_nme, run.metrics["nme_iod"])
-    if run.is_main:
-        MetricsLog(run.work_dir / "metrics.jsonl").append(record)
-        save_checkpoint(run.training_state(epoch), run.work_dir / "last.pth")
-        if improved:
-            save_checkpoint(run.inference_state(epoch), run.work_dir / "best.pth")
-    skipped = f", {len(trained.unreadable)} unreadable images skipped" if trained.unreadable else ""
-    run.log(f"epoch {epoch}: loss {record['train_loss']:.4f}, val NME_IOD {run.metrics['nme_iod']:.3f} "
-            f"(best {run.best_nme:.3f}), {trained.images_per_s:.0f} img/s, {record['epoch_time_s']:.0f} s{skipped}")
-    for path in trained.unreadable + val_unreadable:
+              "val_unreadable": len(val_unreadable)}
+    finish_epoch(run, epoch, trained, run.metrics["nme_iod"], record, f"val NME_IOD {run.metrics['nme_iod']:.3f}",
+                 started)
+    for path in val_unreadable:
         run.log(f"warning: {path}: cannot read image; skipped")
 
 
-def set_up(args: argparse.Namespace) -> tuple[Run, Data, tuple[int, int]]:
+def score_test(run: LandmarkRun, data: Data) -> dict:
+    """best.pth, chosen on validation, scored once on the test file, plain and with the flip test,
+    into test_metrics.json in the run folder."""
+    run.eval_model.load_state_dict(read_checkpoint(run.work_dir / "best.pth", LANDMARKS)["model"])
+    test_set = LandmarkDataset(data.test_file, run.args.data_root, run.geometry.input_size, run.geometry.box_padding,
+                               meta_override=data.train_set.meta)
+    loader = evaluation_loader(test_set, run.args.batch_size * 2, run.rank, run.world_size,
+                               dict(num_workers=run.args.num_workers, collate_fn=collate_readable))
+    scores = {name: evaluate(run.eval_model, loader, run.device, flip)[0] for name, flip in (("plain", False),
+                                                                                         ("flip_test", True))}
+    if run.is_main:
+        write_json(run.work_dir / "test_metrics.json", {"checkpoint": str(run.work_dir / "best.pth"),
+                                                        "ann": str(data.test_file), **scores}, indent=1)
+        run.log(f"test NME_IOD of best.pth (chosen on {data.val_set.ann_file}): {scores['plain']['nme_iod']:.3f}, "
+                f"{scores['flip_test']['nme_iod']:.3f} with the flip test ({scores['plain']['num_images']} images of "
+                f"{data.test_file}); {run.work_dir / 'test_metrics.json'}")
+    return scores
+
+
+def set_up(args: argparse.Namespace, checkpoint: dict | None) -> tuple[LandmarkRun, Data, tuple[int, int]]:
     """Everything before the first step, ordered so that a mistake is refused before slow work:
     device and run folder, annotations, model (and backbone weights), disk space, keypoint
     weights, crop caches and loaders, optimiser, and a resumed run's state. Returns the run, its
     data and the (epoch, batch) to start from."""
     seed_everything(args.seed)
     rank, world_size, device = setup_distributed(args.device)
-    checkpoint = read_resume_checkpoint(args) if args.resume else None
     default = f"work_dirs/{args.backbone}_{args.input_size}"
-    args.work_dir = broadcast_from_rank0(choose_work_dir(args.work_dir, default, args.resume) if rank == 0 else None)
-    train_set, val_set = load_datasets(args, world_size)
+    args.work_dir = broadcast_from_rank0(run_folder(args, default) if rank == 0 else None)
+    train_set, val_set, test_file = load_datasets(args, world_size)
     meta = train_set.meta
     model = create_model(args, meta["num_keypoints"], checkpoint)
     if checkpoint is not None:
@@ -662,44 +479,43 @@ def set_up(args: argparse.Namespace) -> tuple[Run, Data, tuple[int, int]]:
     if rank == 0:
         check_writable(Path(args.work_dir), checkpoint_bytes(model))
     keypoint_weights = load_keypoint_weights(args.keypoint_weights, meta)
-    data = build_loaders(args, train_set, val_set, rank, world_size, device)
-    run = build_run(args, model, meta, keypoint_weights, data.sampler.batches_per_epoch, device, rank, world_size)
-    run.annotations = {"train": train_set.annotation_digest(), "val": val_set.annotation_digest()}
-    start = restore(run, checkpoint) if checkpoint is not None else (1, 0)
+    data = build_loaders(args, train_set, val_set, test_file, rank, world_size, device)
+    run = build_run(args, model, meta, keypoint_weights, data.train_loader.sampler.batches_per_epoch, device, rank,
+                    world_size, train_set.geometry)
+    run.annotations = {"train": train_set.digest, "val": val_set.digest}
+    start = run.restore(checkpoint) if checkpoint is not None else (1, 0)
     run.log(f"{len(train_set)} train / {len(val_set)} val images, {meta['num_keypoints']} landmarks; "
             f"{args.backbone} at {args.input_size} on {device}"
             + (f" x {world_size} processes" if world_size > 1 else "") + f"; run folder {run.work_dir}")
     return run, data, start
 
 
-def train(args: argparse.Namespace) -> float:
+def train(args: argparse.Namespace, checkpoint: dict | None = None) -> float:
     """The whole run; returns the best validation NME_IOD. Under torchrun every rank trains on its
     share of each epoch; rank 0 alone prints, writes metrics.jsonl and saves checkpoints."""
-    run, data, (start_epoch, start_batch) = set_up(args)
-    try:
-        with StopRequest() as stop:
-            for epoch in range(start_epoch, args.epochs + 1):
-                trained = train_epoch(run, data, epoch, start_batch, stop)
-                start_batch = 0
-                finish_epoch(run, data, epoch, trained)
-                if sum_across_ranks([float(stop.signal_name is not None)], run.device)[0] > 0:
-                    raise RunHalted(Interrupted(
-                        f"{stop.signal_name or 'a stop request'}: saved {run.work_dir / 'last.pth'} after epoch "
-                        f"{epoch}; continue with --resume {run.work_dir / 'last.pth'}"), epoch, 0)
-    except RunHalted as halt:
-        if run.is_main:
-            save_checkpoint(run.training_state(halt.epoch, halt.next_batch), run.work_dir / "last.pth")
-        raise halt.error from None
+    if args.resume and checkpoint is None:
+        checkpoint = read_checkpoint(args.resume, LANDMARKS)
+    run, data, start = set_up(args, checkpoint)
+
+    def one_epoch(epoch: int, start_batch: int, stop) -> None:
+        started = time.time()
+        trained = train_epoch(run, data.train_loader, epoch, start_batch, stop,
+                              lambda batch, stop_now: train_step(run, batch, stop_now))
+        validate(run, data, epoch, trained, started)
+
+    run_epochs(run, start, one_epoch)
     if run.is_main and (run.work_dir / "metrics.jsonl").exists():
         plot_training_curves(run.work_dir / "metrics.jsonl", run.work_dir / "curves.png")
-    return run.best_nme
+    if data.test_file is not None:
+        score_test(run, data)
+    return run.best
 
 
 @reports_errors
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args, checkpoint = parse_run_args(argv)
     try:
-        best_nme = train(args)
+        best_nme = train(args, checkpoint)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

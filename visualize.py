@@ -12,7 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from dataset import LandmarkDataset, read_image
+from dataset import LandmarkDataset
+from images import read_image
 from run_utils import MetricsLog
 
 
@@ -39,7 +40,8 @@ class Drawing:
         cv2.rectangle(self.canvas, self.at(box[:2]), self.at(box[2:]), colour, self.width, cv2.LINE_AA)
 
     def points(self, points: np.ndarray, colour, grow: int = 0) -> None:
-        for point in points:
+        """Filled discs at the points; points that are not finite (not found, hidden) are skipped."""
+        for point in points[np.isfinite(points).all(axis=-1)]:
             cv2.circle(self.canvas, self.at(point), self.radius + grow, colour, -1, cv2.LINE_AA)
 
     def text(self, text: str, origin: tuple[int, int] | None = None, scale: float | None = None) -> None:
@@ -71,12 +73,14 @@ def draw_landmarks(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = 
 def draw_faces(image: np.ndarray, faces: list, enlarge: bool = True) -> np.ndarray:
     """An RGB picture of found faces (inference.Face): each box (blue) labelled with its id (in a
     video) or number and the detector's score, and its landmarks (red)."""
-    sides = [max(f.box[2] - f.box[0], f.box[3] - f.box[1]) for f in faces] or [max(image.shape[:2]) / 2]
+    sides = [max(f.box[2] - f.box[0], f.box[3] - f.box[1]) for f in faces if np.isfinite(f.box).all()]
+    sides = sides or [max(image.shape[:2]) / 2]
     drawing = Drawing(image, float(np.median(sides)), enlarge)
     for number, face in enumerate(faces, start=1):
         drawing.box(face.box)
         drawing.points(face.landmarks, (230, 0, 0))
-        label = f"{'id ' + str(face.face_id) if face.face_id is not None else '#' + str(number)} {face.score:.2f}"
+        label = f"{'id ' + str(face.face_id) if face.face_id is not None else '#' + str(number)}"
+        label += f" {face.score:.2f}" if np.isfinite(face.score) else ""
         x, y = drawing.at(face.box[:2])
         drawing.text(label, (x, max(12, y - 6)), scale=max(0.4, drawing.radius / 5))
     return drawing.canvas

@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tools.convert_dogflw_to_coco import DOGFLW_META  # noqa: E402
+from coco_files import DOGFLW_META  # noqa: E402
 
 SMALL_META = {  # 8 landmarks: two eyes, two ears, nose, two mouth corners, chin
     "name": "toy", "num_keypoints": 8,
@@ -126,7 +126,7 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
     """A real one-epoch run on small synthetic faces (SMALL_META, 64 px crops): the faces' root,
     the annotation folder and the run folder with best.pth and metrics.jsonl."""
     import train_simple
-    from tools.convert_dogflw_to_coco import convert
+    from dogflw import convert
 
     base = tmp_path_factory.mktemp("tiny_run")
     root = make_faces(base / "faces", {"train": 16, "val": 8}, SMALL_META, image_size=80)

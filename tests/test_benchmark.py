@@ -2,7 +2,7 @@ import json
 
 from conftest import SMALL_META, make_faces
 from tools import benchmark
-from tools.convert_dogflw_to_coco import convert
+from dogflw import convert
 
 TINY = ["--backbone", "resnet18", "--input-size", "64", "--batch-size", "4", "--device", "cpu",
         "--steps", "2", "--warmup", "1", "--repeats", "2"]
@@ -25,8 +25,8 @@ def test_real_data_benchmark_times_the_pipeline_too(tmp_path, capsys):
 
 
 def test_training_flags_reach_the_timed_step(capsys):
-    assert benchmark.main([*TINY, "--num-keypoints", "5", "--json", "--coord-loss", "star", "--heatmap-stride", "2"]) == 0
+    assert benchmark.main([*TINY, "--num-keypoints", "5", "--json", "--sigma", "3", "--heatmap-stride", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["training_flags"] == ["--coord-loss", "star", "--heatmap-stride", "2"]
-    assert result["model_config"]["coord_loss"] == "star" and result["model_config"]["heatmap_stride"] == 2
+    assert result["training_flags"] == ["--sigma", "3", "--heatmap-stride", "2"]
+    assert result["model_config"]["sigma"] == 3 and result["model_config"]["heatmap_stride"] == 2
     assert result["train_images_per_s"] > 0

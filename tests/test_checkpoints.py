@@ -7,7 +7,7 @@ from conftest import SMALL_META, make_faces
 from errors import TrainingStopped
 from geometry import CropGeometry
 from model import load_landmark_model
-from tools.convert_dogflw_to_coco import convert
+from dogflw import convert
 
 
 def test_checkpoint_write_is_atomic(tmp_path):

@@ -5,7 +5,7 @@ import torch
 
 import evaluate
 import train_simple
-from tools import benchmark, convert_dogflw_to_coco, export_onnx, predict, train_detector
+from tools import benchmark, convert_dogflw_to_coco, export_onnx, label_video, predict, train_detector
 
 TRAIN = ["--backbone", "resnet18", "--input-size", "64", "--no-pretrained", "--batch-size", "4", "--num-workers", "0",
          "--epochs", "1"]
@@ -14,13 +14,16 @@ BAD_NUMBERS = {
                    "--input-size 100", "--box-padding 0", "--box-padding -1", "--epochs 0", "--epochs -2", "--lr 0",
                    "--sigma 0", "--ema-decay 1", "--neck-channels 0", "--aug-flip-prob 2", "--aug-scale 1",
                    "--aug-rotation -5", "--max-unreadable 1.5", "--max-nonfinite-steps 0", "--warmup-epochs -1",
-                   "--weight-decay -1", "--seed 1.5", "--lr nan", "--heatmap-loss-weight 0 --coord-loss-weight 0"],
+                   "--weight-decay -1", "--seed 1.5", "--lr nan", "--heatmap-loss-weight 0 --coord-loss-weight 0",
+                   "--seed -5", "--seed 4294967296", "--input-size 1000000000032", "--val-fraction 0.9"],
     evaluate: ["--batch-size 0", "--num-workers -1", "--vis -1"],
-    predict: ["--batch-size 0", "--batch-size 2.5", "--score-threshold 1.5", "--detect-every 0", "--smooth -1",
-              "--region-size 0"],
+    predict: ["--batch-size 0", "--batch-size 2.5", "--score-threshold 1.5", "--detect-every 0", "--region-size 0",
+              "--filter-window 4", "--filter-max-gap -1", "--pcutoff 2"],
     train_detector: ["--epochs 0", "--batch-size 0", "--lr 0", "--min-size 100", "--max-size 0", "--num-workers -1",
-                     "--weight-decay -1", "--model yolo"],
+                     "--weight-decay -1", "--model yolo", "--seed -5", "--seed 4294967296",
+                     "--min-size 416 --max-size 320", "--face-small 0.9 --face-large 0.2", "--mosaic-prob 2"],
     export_onnx: ["--opset 0", "--check-batch 0"],
+    label_video: ["--pcutoff -1", "--fps 0"],
     benchmark: ["--batch-size 0", "--input-size 0", "--input-size 200", "--steps 0", "--warmup -1", "--repeats 0",
                 "--num-keypoints 0", "--num-workers -1"],
 }
@@ -34,13 +37,16 @@ BAD_PATHS = {  # FILE: an existing plain file, DIR: an existing folder, MISSING:
                "--ann FILE", "--out DIR", "--out FILE/m.json", "--vis 1 --vis-dir FILE", "--meta MISSING",
                "--data-root MISSING", "--device gpu", "--device cuda"],
     predict: ["--checkpoint MISSING", "--checkpoint DIR", "--out FILE", "--out FILE/sub", "--device cuda",
-              "--boxes MISSING", "--boxes DIR", "--detector MISSING", "--detector FILE", "--detector CHECKPOINT"],
+              "--boxes MISSING", "--boxes DIR", "--detector MISSING", "--detector FILE", "--detector CHECKPOINT",
+              "--bbox 1,2,3", "--bbox 1e300,0,2e300,5"],
+    label_video: ["--out FILE/x.mp4", "--out DIR", "--out x.avi"],
     train_detector: ["--work-dir FILE", "--work-dir FILE/run", "--resume MISSING", "--resume CHECKPOINT",
                      "--ann-root MISSING --data-root MISSING", "--device gpu", "--device cuda"],
     export_onnx: ["--checkpoint MISSING", "--out DIR", "--out FILE/m.onnx", "--out CHECKPOINT"],
     benchmark: ["--ann MISSING", "--ann DIR", "--device gpu", "--device cuda"],
     convert_dogflw_to_coco: ["--dogflw_root MISSING", "--dogflw_root FILE", "--out_dir FILE", "--out_dir FILE/ann",
-                             "--meta MISSING", "--meta FILE", ""],
+                             "--meta MISSING", "--meta FILE", "", "--coco MISSING", "--coco FILE",
+                             "--coco FILE --images MISSING", "--split ../x"],
 }
 
 
@@ -56,6 +62,7 @@ def base_args(script, tiny_run, tmp_path) -> list[str]:
         benchmark: ["--backbone", "resnet18", "--input-size", "64", "--batch-size", "2", "--steps", "1",
                     "--warmup", "0", "--repeats", "1", "--device", "cpu"],
         convert_dogflw_to_coco: ["--dogflw_root", str(tiny_run["root"]), "--out_dir", out],
+        label_video: [str(tmp_path / "none.mp4"), str(tmp_path / "none.csv")],
         train_detector: ["--ann-root", str(tiny_run["ann"]), "--no-pretrained", "--epochs", "1", "--batch-size", "4",
                          "--num-workers", "0", "--min-size", "64", "--max-size", "96", "--work-dir", str(tmp_path / "d")],
     }[script]
@@ -98,10 +105,39 @@ def test_a_mistake_is_one_line_and_a_non_zero_exit(script, mistake, tiny_run, tm
     (tmp_path / "a_file").write_text("not what was asked for")
     (tmp_path / "a_folder").mkdir()
     args = with_mistake(base_args(script, tiny_run, tmp_path), mistake, paths)
-    if script is convert_dogflw_to_coco and not mistake:
-        args = args[2:]  # neither --dogflw_root nor --download
+    if script is convert_dogflw_to_coco and (not mistake or mistake.startswith("--coco")):
+        args = args[2:]  # neither --dogflw_root nor --download (nor, with --coco, two sources)
     code, err = run_main(script, args, capsys)
     assert code not in (0, None), (args, err)
     errors = [line for line in err if line.startswith("error: ")]
     assert len(errors) == 1 and err[-1] == errors[0], err
     assert not any("Traceback" in line for line in err)
+
+
+SCRIPTS = (train_simple, train_detector, evaluate, predict, export_onnx, benchmark, convert_dogflw_to_coco, label_video)
+REQUIRED = {evaluate: ["--checkpoint", "c.pth", "--ann", "a.json"], predict: ["x.png", "--checkpoint", "c.pth", "--out", "o"],
+            export_onnx: ["--checkpoint", "c.pth", "--out", "m.onnx"], label_video: ["v.mp4", "t.csv"]}
+EXTREMES = ("-1e300", "1e300", "-1000000000000000000000", "1000000000000000000000", "nan", "inf", "-inf")
+
+
+def numeric_flags(script) -> list[str]:
+    """Every flag of the script's parser that takes a number."""
+    parser = script.build_parser()
+    return [action.option_strings[0] for action in parser._actions if action.option_strings and action.type is not None
+            and getattr(action.type, "__name__", "") in ("int", "float", "multiple_of_32")]
+
+
+SWEEP = [(script, flag, value) for script in SCRIPTS for flag in numeric_flags(script) for value in EXTREMES]
+
+
+def test_every_script_has_numeric_flags_to_sweep():
+    assert {script for script, _, _ in SWEEP} == set(SCRIPTS) - {convert_dogflw_to_coco}  # it takes no number
+    assert len(SWEEP) > 300
+
+
+@pytest.mark.parametrize("script, flag, value", SWEEP, ids=[f"{s.__name__.split('.')[-1]}:{f}={v}" for s, f, v in SWEEP])
+def test_every_number_flag_refuses_its_extremes_in_one_line(script, flag, value, capsys):
+    with pytest.raises(SystemExit) as refused:
+        script.build_parser().parse_args([*REQUIRED.get(script, []), f"{flag}={value}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert refused.value.code == 2 and len(err) == 1 and flag in err[0], err

@@ -11,10 +11,12 @@ from PIL import Image
 from conftest import SMALL_META, make_faces, palette
 from torch.utils.data import DataLoader
 
-from dataset import (Augmentation, DataError, EpochSampler, LandmarkDataset, collate_readable, colour_matrix,
-                     load_coco, read_image, read_meta_file, validate_keypoint_meta)
+from coco_files import load_coco, read_meta_file, validate_keypoint_meta
+from dataset import Augmentation, EpochSampler, LandmarkDataset, collate_readable, colour_matrix
+from errors import DataError
+from images import read_image
 from geometry import apply_affine, box_to_center_size, crop_affine, invert_affine
-from tools.convert_dogflw_to_coco import convert
+from dogflw import convert
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,8 @@ def toy_ann(tmp_path_factory):
 
 
 def test_load_coco_reads_records_and_meta(toy_ann):
-    records, meta, data_root = load_coco(toy_ann)
+    coco = load_coco(toy_ann)
+    records, meta, data_root = coco.records, coco.meta, coco.data_root
     assert len(records) == 6 and meta["num_keypoints"] == 8 and meta["iod_pair"] == [0, 1]
     assert records[0]["keypoints"].shape == (8, 2) and records[0]["box"].shape == (4,)
     assert data_root == str(toy_ann.parents[1].resolve())
@@ -142,8 +145,9 @@ def test_cached_crops_equal_direct_ones_and_augment_alike(toy_ann, tmp_path):
 @pytest.mark.parametrize("aug", [Augmentation(), Augmentation(scale=0.4, rotation=60, shift=0.2)])
 def test_every_augmented_crop_lies_inside_the_cached_crop(toy_ann, aug):
     dataset = LandmarkDataset(toy_ann, None, 64, augmentation=aug)
-    side, to_cache = dataset.cache_side(), dataset.cache_affine(0, dataset.cache_side())
-    center, size = box_to_center_size(dataset.records[0]["box"], dataset.padding)
+    side = dataset.cache_side()
+    to_cache = dataset.geometry.enlarged(side).affine(dataset.records[0]["box"])
+    center, size = box_to_center_size(dataset.records[0]["box"], dataset.geometry.box_padding)
     corners = np.array([[-0.5, -0.5], [63.5, -0.5], [63.5, 63.5], [-0.5, 63.5]])
     extremes = itertools.product((1 - aug.scale, 1 + aug.scale), (-aug.shift, aug.shift), (-aug.shift, aug.shift),
                                  np.linspace(-aug.rotation, aug.rotation, 25))
@@ -170,7 +174,7 @@ def test_crop_cache_is_reused_and_rebuilt_when_annotations_or_images_change(toy_
     image = changed.data_root / changed.records[0]["file"]
     stat = image.stat()
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the image was replaced
-    assert LandmarkDataset(copy, None, 64).use_cache(tmp_path / "cache") != changed.cache_path
+    assert LandmarkDataset(copy, None, 64).use_cache(tmp_path / "cache") != changed.cache.path
 
 
 def test_crop_cache_build_survives_another_build_of_it_finishing_first(toy_ann, tmp_path, monkeypatch):
@@ -194,7 +198,7 @@ def test_interrupted_crop_cache_build_leaves_no_files(toy_ann, tmp_path, monkeyp
     def interrupted(path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("dataset.read_image", interrupted)
+    monkeypatch.setattr("crop_cache.read_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         LandmarkDataset(toy_ann, None, 64).use_cache(tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
@@ -237,7 +241,7 @@ def test_coco_visibility_is_carried_through_crop_and_flip(toy_ann, tmp_path):
     def hide(coco):
         coco["annotations"][0]["keypoints"][0:3] = [0, 0, 0]  # eye_l not labelled
     path = coco_copy(toy_ann, tmp_path, hide)
-    records, _, _ = load_coco(path)
+    records = load_coco(path).records
     assert records[0]["labelled"].tolist() == [False] + [True] * 7 and records[1]["labelled"].all()
     plain = LandmarkDataset(path, toy_ann.parents[1], 64)[0]
     flipped = LandmarkDataset(path, toy_ann.parents[1], 64,
@@ -269,7 +273,8 @@ def test_a_foreign_coco_file_says_which_fields_to_add_and_takes_them_from_meta(t
         load_coco(path)
     meta_file = tmp_path / "meta.json"
     meta_file.write_text(json.dumps(SMALL_META))
-    records, meta, _ = load_coco(path, read_meta_file(meta_file))
+    coco = load_coco(path, read_meta_file(meta_file))
+    records, meta = coco.records, coco.meta
     assert meta["flip_index"] == SMALL_META["flip_index"] and meta["iod_pair"] == [0, 1] and len(records) == 6
 
 

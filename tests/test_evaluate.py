@@ -9,11 +9,12 @@ from torch.utils.data import DataLoader
 import evaluate
 from conftest import BROKEN_CHECKPOINTS, DOGFLW_META, write_broken_checkpoint
 from codec import HEATMAP_STRIDE, heatmap_targets
-from dataset import LandmarkDataset, collate_readable, read_image
+from dataset import LandmarkDataset, collate_readable
+from images import read_image
 from evaluate import compute_metrics
 from inference import FaceLandmarker, LandmarkPredictor, predict_crops
 from model import LandmarkModel, load_landmark_model
-from tools.convert_dogflw_to_coco import convert
+from dogflw import convert
 
 
 def two_images():

@@ -8,7 +8,8 @@ import pytest
 from torch.utils.data import DataLoader
 
 from conftest import BROKEN_CHECKPOINTS, break_video_frame, run_cli, two_face_scene, write_broken_checkpoint, write_video
-from dataset import LandmarkDataset, collate_readable, read_image
+from dataset import LandmarkDataset, collate_readable
+from images import read_image
 from evaluate import predict_dataset
 from model import load_landmark_model
 from tools import predict
@@ -234,10 +235,11 @@ def test_a_frame_that_cannot_be_decoded_is_skipped_counted_and_reported(tiny_run
     assert predict.main(["--checkpoint", str(tiny_run["checkpoint"]), str(video), "--out", str(tmp_path / "out"),
                          "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
-    assert "5 frames, 5 face rows" in out
-    assert f"warning: {video}: 1 frame(s) could not be decoded; skipped (no rows)" in err
-    frames_written = [int(line.split(",")[0]) for line in (tmp_path / "out" / "clip.csv").read_text().splitlines()[1:]]
-    assert frames_written == [0, 1, 2, 4, 5]  # the whole frame is the face without a detector
+    assert "5 frames, 5 with a face" in out
+    assert f"warning: {video}: 1 frame(s) could not be decoded (rows without faces)" in err
+    rows = [line.split(",") for line in (tmp_path / "out" / "clip.csv").read_text().splitlines()[1:]]
+    assert [int(row[0]) for row in rows] == [0, 1, 2, 3, 4, 5]  # the whole frame is the face without a detector
+    assert [row[2] for row in rows] == ["1", "1", "1", "", "1", "1"]  # frame 3: a row, no face
 
 
 def test_a_broken_or_empty_video_is_one_line_and_the_rest_go_on(tiny_run, tmp_path, capsys):

@@ -4,9 +4,10 @@ import os
 import pytest
 import torch
 
-import run_utils
+import outputs
 from errors import UsageError
-from run_utils import MetricsLog, check_output_file, check_output_folder, pick_device, strict_json, write_json
+from run_utils import MetricsLog, pick_device
+from outputs import check_output_file, check_output_folder, strict_json, write_json
 
 
 def test_a_torn_last_line_is_skipped_and_trimmed_away(tmp_path):
@@ -61,4 +62,4 @@ def test_output_paths_are_checked_before_the_work(tmp_path):
         check_output_file(a_file / "m.json", "--out")
     assert check_output_file(tmp_path / "new" / "m.json", "--out") == tmp_path / "new" / "m.json"
     assert (tmp_path / "new").is_dir() and list((tmp_path / "new").iterdir()) == []
-    assert run_utils.check_output_folder(tmp_path / "x" / "y", "--out").is_dir()
+    assert outputs.check_output_folder(tmp_path / "x" / "y", "--out").is_dir()

@@ -11,16 +11,19 @@ import numpy as np
 import pytest
 import torch
 
+import outputs
 import run_utils
 import train_simple
+import training
 from codec import HeatmapCodec
 from conftest import BROKEN_CHECKPOINTS, REPO, SMALL_META, make_faces, run_cli, write_broken_checkpoint
 from dataset import LandmarkDataset
 from evaluate import compute_metrics
 from geometry import apply_affine, box_to_center_size, crop_affine, invert_affine
-from model import LandmarkModel
+from model import MIRROR_OFFSET_LR_MULT, LandmarkModel
 from tools.benchmark import synthetic_batch
-from tools.convert_dogflw_to_coco import DOGFLW_META, convert
+from coco_files import DOGFLW_META
+from dogflw import convert, prepare_annotations
 
 SMALL_RUN = ["--backbone", "resnet18", "--input-size", "64", "--no-pretrained", "--batch-size", "8",
              "--num-workers", "0"]
@@ -39,10 +42,15 @@ def test_convert_train_evaluate_resume_from_the_command_line(dogflw_root, tmp_pa
 
     best = torch.load(run / "best.pth", weights_only=False)
     assert best["model_config"]["backbone"] == "resnet18" and best["keypoint_meta"]["num_keypoints"] == 46
-    run_cli("evaluate.py", "--checkpoint", str(run / "best.pth"), "--ann", str(ann / "test.json"),
-            "--out", str(run / "eval.json"), "--vis", "2", "--device", "cpu", "--num-workers", "0")
+    held_out = ann / "holdout_0.1" / "val.json"  # DogFLW has train and test: validation is held out of train
+    run_cli("evaluate.py", "--checkpoint", str(run / "best.pth"), "--ann", str(held_out),
+            "--out", str(run / "eval.json"), "--device", "cpu", "--num-workers", "0")
     evaluated = json.loads((run / "eval.json").read_text())
     assert evaluated["nme_iod"] == pytest.approx(best["metrics"]["nme_iod"], rel=1e-4)
+    run_cli("evaluate.py", "--checkpoint", str(run / "best.pth"), "--ann", str(ann / "test.json"),
+            "--out", str(run / "test.json"), "--vis", "2", "--device", "cpu", "--num-workers", "0")
+    tested = json.loads((run / "test_metrics.json").read_text())  # the test split, scored once at the end
+    assert tested["plain"]["nme_iod"] == pytest.approx(json.loads((run / "test.json").read_text())["nme_iod"])
     assert len(list((run / "vis").glob("random_*.png"))) == 2 and (run / "curves.png").stat().st_size > 0
 
     out = run_cli("train_simple.py", "--resume", str(run / "last.pth"), "--data-root", str(dogflw_root),
@@ -54,8 +62,8 @@ def test_convert_train_evaluate_resume_from_the_command_line(dogflw_root, tmp_pa
 
 
 def test_missing_annotations_are_converted_from_the_data_root(dogflw_root, tmp_path):
-    train_ann, val_ann = train_simple.prepare_annotations(tmp_path / "ann", str(dogflw_root))
-    assert train_ann.exists() and val_ann.name == "test.json"
+    files = prepare_annotations(tmp_path / "ann", str(dogflw_root))
+    assert files.train.exists() and files.val.name == "test.json"
 
 
 def test_bad_data_root_gives_one_clear_line(tmp_path):
@@ -72,7 +80,7 @@ def test_optimizer_rates_and_decay_per_parameter():
     setting = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     assert setting[id(model.backbone.conv1.weight)] == (pytest.approx(0.0002), 1e-4)
     assert setting[id(model.head[0].weight)] == (0.002, 1e-4) and setting[id(model.head[1].bias)] == (0.002, 0.0)
-    assert setting[id(model.codec.mirror_offset)] == (pytest.approx(0.002 * train_simple.MIRROR_OFFSET_LR_MULT), 0.0)
+    assert setting[id(model.codec.mirror_offset)] == (pytest.approx(0.002 * MIRROR_OFFSET_LR_MULT), 0.0)
     assert len(setting) == len(list(model.parameters()))
 
 
@@ -90,7 +98,7 @@ def test_ema_and_schedule():
         assert torch.allclose(ema[0].weight, torch.full_like(ema[0].weight, 0.25 * (1 + step)))
         assert torch.allclose(ema[1].running_mean, torch.full((3,), 1.0 + 0.75 * step))
         assert int(ema[1].num_batches_tracked) == 7 + step
-    factor = train_simple.warmup_cosine(warmup_steps=10, total_steps=110)
+    factor = training.warmup_cosine(warmup_steps=10, total_steps=110)
     assert factor(0) == pytest.approx(0.01) and factor(10) == pytest.approx(1.0)
     assert factor(60) == pytest.approx(0.505) and factor(110) == pytest.approx(0.01)
 
@@ -98,8 +106,8 @@ def test_ema_and_schedule():
 def mean_shape_nme(train_set: LandmarkDataset, val_set: LandmarkDataset) -> float:
     """NME_IOD of always predicting the mean training landmarks in crop coordinates."""
     def crop_matrix(record):
-        center, size = box_to_center_size(record["box"], train_set.padding)
-        return crop_affine(center, size, train_set.input_size)
+        center, size = box_to_center_size(record["box"], train_set.geometry.box_padding)
+        return crop_affine(center, size, train_set.geometry.input_size)
     mean_crop = np.mean([apply_affine(r["keypoints"], crop_matrix(r)) for r in train_set.records], axis=0)
     pred = np.stack([apply_affine(mean_crop, invert_affine(crop_matrix(r))) for r in val_set.records])
     gt = np.stack([r["keypoints"] for r in val_set.records])
@@ -248,7 +256,7 @@ def test_too_many_unreadable_images_stop_the_run(tmp_path, capsys):
 
 def test_no_space_or_unwritable_run_folder_is_refused_before_training(toy_ann, tmp_path, monkeypatch, capsys):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(run_utils.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 2**20, 5 * 2**20))
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 2**20, 5 * 2**20))
     run = tmp_path / "run"
     assert train_simple.main(toy_args(toy_ann, run)) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -407,7 +415,7 @@ def test_what_can_be_checked_is_checked_before_training(toy_ann, tmp_path, capsy
 def test_ctrl_c_while_the_crop_cache_is_built_is_one_line_and_exit_130(toy_ann, tmp_path, capsys, monkeypatch):
     def ctrl_c(path):
         raise KeyboardInterrupt
-    monkeypatch.setattr("dataset.read_image", ctrl_c)
+    monkeypatch.setattr("crop_cache.read_image", ctrl_c)
     assert train_simple.main(toy_args(toy_ann, tmp_path / "run", "--crop-cache", str(tmp_path / "cache"))) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["interrupted by Ctrl-C"]
     assert list((tmp_path / "cache").iterdir()) == []

@@ -1,18 +1,16 @@
+"""Videos: every frame's position and time, what went wrong in reading, and the labelled video."""
 import numpy as np
 import pytest
 
+import video
 from conftest import break_video_frame, write_video
 from inference import Face
-from video import FaceTracker, OneEuroSmoother, VideoFrames, box_from_landmarks
-
-
-def face(box, landmarks=None, face_id=None) -> Face:
-    landmarks = np.zeros((3, 2)) if landmarks is None else np.asarray(landmarks, dtype=float)
-    return Face(np.asarray(box, dtype=float), 0.9, landmarks, np.ones(len(landmarks)), face_id)
+from video import VideoFrames, box_from_landmarks, label_video
+from video_tables import read_flat_table, write_flat_table, LandmarkTable
 
 
 def test_a_followed_box_moves_and_scales_with_the_landmarks():
-    detected = face([10, 20, 50, 70], [[20, 30], [40, 30], [30, 55]])
+    detected = Face(np.array([10.0, 20, 50, 70]), 0.9, np.array([[20.0, 30], [40, 30], [30, 55]]), np.ones(3))
     moved = (detected.landmarks - [30, 38.33]) * 1.5 + [30 + 7, 38.33 - 4]  # 1.5 times larger, moved (7, -4)
     box = box_from_landmarks(moved, detected)
     centre, size = (box[:2] + box[2:]) / 2, box[2:] - box[:2]
@@ -21,45 +19,89 @@ def test_a_followed_box_moves_and_scales_with_the_landmarks():
                                atol=0.01)
 
 
-def test_ids_follow_faces_and_are_never_reused():
-    tracker = FaceTracker(patience=2)
-    first = [face([0, 0, 10, 10]), face([50, 0, 60, 10])]
-    tracker.assign(first, 0)
-    assert [f.face_id for f in first] == [1, 2]
-    second = [face([52, 1, 62, 11]), face([1, 1, 11, 11])]  # the same two faces, listed the other way round
-    tracker.assign(second, 1)
-    assert [f.face_id for f in second] == [2, 1]
-    for frame in range(2, 12):  # followed by their landmarks for long, as with --detect-every 10
-        followed = [face(f.box, face_id=f.face_id) for f in second]
-        tracker.assign(followed, frame)
-    detected = [face([1, 0, 11, 10]), face([200, 0, 210, 10])]
-    tracker.assign(detected, 12)
-    assert [f.face_id for f in detected] == [1, 3]  # face 1 kept its id; a new face gets a new one
-    tracker.assign([face([52, 1, 62, 11])], 16)  # face 2 was last seen at frame 11: its track ended
-    assert tracker.next_id == 5
-
-
-def test_one_euro_smoothing_calms_jitter_and_keeps_steady_motion():
-    rng = np.random.default_rng(0)
-    smoother, still_error, moving_lag = OneEuroSmoother(cutoff=1.0, beta=0.05), [], []
-    for frame in range(100):
-        t = frame / 25
-        noisy = face([0, 0, 1, 1], np.array([[50.0, 50.0]]) + rng.normal(0, 1.0, size=(1, 2)), face_id=1)
-        smoother.smooth(noisy, t)
-        still_error.append(np.abs(noisy.landmarks - 50).mean())
-        moving = face([0, 0, 1, 1], np.array([[100 * t, 0.0]]), face_id=2)  # 100 px/s
-        smoother.smooth(moving, t)
-        moving_lag.append(100 * t - moving.landmarks[0, 0])
-    assert np.mean(still_error[25:]) < 0.5 * 0.8  # the raw noise's mean |error| is 0.8 px
-    assert 0 < np.mean(moving_lag[50:]) < 3.0  # a fast face lags by a few pixels only
-
-
-def test_frames_after_an_undecodable_one_keep_their_index_and_time(tmp_path):
+def test_frames_after_an_undecodable_one_keep_their_position_and_time(tmp_path):
     frames = [np.full((32, 48, 3), 20 * i, np.uint8) for i in range(8)]
-    video = write_video(tmp_path / "clip.avi", frames)
-    break_video_frame(video, 3)
-    reader = VideoFrames(video)
-    read = [(index, time_s, int(frame.mean())) for index, time_s, frame in reader]
-    assert [index for index, _, _ in read] == [0, 1, 2, 4, 5, 6, 7] and reader.undecodable == 1
+    video_path = write_video(tmp_path / "clip.avi", frames)
+    break_video_frame(video_path, 3)
+    reader = VideoFrames(video_path)
+    read = [(position, time_s, int(frame.mean())) for position, time_s, frame in reader]
+    assert [position for position, _, _ in read] == [0, 1, 2, 4, 5, 6, 7] and reader.undecodable == 1
     assert [time_s for _, time_s, _ in read] == pytest.approx([0, 0.1, 0.2, 0.4, 0.5, 0.6, 0.7])
     assert [brightness for _, _, brightness in read] == pytest.approx([20 * i for i in (0, 1, 2, 4, 5, 6, 7)], abs=3)
+
+
+class FakeCapture:
+    """cv2.VideoCapture of a file with `frames` decodable frames, time stamps `msec`, and the frame
+    rate and frame count its container states."""
+
+    def __init__(self, frames: int, msec: list[float], fps: float, claimed: int):
+        self.frames, self.msec, self.fps, self.claimed, self.next = frames, msec, fps, claimed, 0
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        import cv2
+        return {cv2.CAP_PROP_FPS: self.fps, cv2.CAP_PROP_FRAME_COUNT: self.claimed,
+                cv2.CAP_PROP_POS_MSEC: self.msec[self.next - 1] if self.next else 0.0}[prop]
+
+    def read(self):
+        if self.next >= self.frames:
+            return False, None
+        self.next += 1
+        return True, np.full((16, 24, 3), self.next, np.uint8)
+
+    def release(self):
+        pass
+
+
+def fake_video(monkeypatch, **kwargs) -> VideoFrames:
+    monkeypatch.setattr(video.cv2, "VideoCapture", lambda path: FakeCapture(**kwargs))
+    return VideoFrames("fake.mp4")
+
+
+def test_the_frame_of_a_variable_frame_rate_video_is_its_position_and_its_time_its_stamp(monkeypatch):
+    stamps = [0, 80, 120, 160, 240, 280, 400]  # ms: 40 ms frames with 80 and 120 ms ones between
+    reader = fake_video(monkeypatch, frames=7, msec=stamps, fps=25.0, claimed=7)
+    read = [(position, time_s) for position, time_s, _ in reader]
+    assert [p for p, _ in read] == list(range(7))  # not 0, 2, 3, 4, 6, 7, 10 from the time stamps
+    assert [t for _, t in read] == pytest.approx([s / 1000 for s in stamps]) and reader.problems() == []
+
+
+def test_a_truncated_video_says_how_many_frames_it_claimed_and_how_many_were_read(monkeypatch):
+    reader = fake_video(monkeypatch, frames=77, msec=[40.0 * i for i in range(77)], fps=25.0, claimed=198)
+    assert len(list(reader)) == 77
+    (problem,) = reader.problems()
+    assert "the file claims 198 frames, 77 were reached: the last 121 could not be read" in problem
+
+
+@pytest.mark.parametrize("fps", [90_000.0, 2.0**31, 0.0, float("nan")])
+def test_an_absurd_frame_rate_is_not_believed(monkeypatch, tmp_path, fps):
+    reader = fake_video(monkeypatch, frames=3, msec=[0.0, 0.01, 0.02], fps=fps, claimed=3)
+    assert [t for _, t, _ in reader] == pytest.approx([0, 0.04, 0.08])  # 25 frames/s assumed, said so
+    assert f"states {fps:g} frames/s, which cannot be right: time_s assumes 25 frames/s" in reader.problems()[0]
+    assert reader.fps == 25.0  # and the labelled video can be written at it
+
+
+def test_the_labelled_video_has_every_frame_of_the_file_and_draws_only_sure_points(tmp_path):
+    frames = [np.full((48, 64, 3), 40, np.uint8) for _ in range(5)]
+    video_path = write_video(tmp_path / "clip.avi", frames)
+    points = np.array([[[20.0, 20.0], [40.0, 20.0]]] * 2)
+    table = LandmarkTable(["a", "b"], np.array([1, 3]), np.array([0.1, 0.3]), np.array([1, 1]),
+                          np.array([[10.0, 10, 50, 40]] * 2), np.array([0.9, 0.9]), points,
+                          np.array([[0.9, 0.05], [0.9, 0.9]]))
+    write_flat_table(tmp_path / "t.csv", table)
+    out = tmp_path / "labelled.mp4"
+    assert label_video(video_path, read_flat_table(tmp_path / "t.csv"), out, pcutoff=0.1) == 5
+    import cv2
+    capture = cv2.VideoCapture(str(out))
+    drawn = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        drawn.append(frame)
+    assert len(drawn) == 5
+    red = [(frame[:, :, 2].astype(int) - frame[:, :, 1]) > 100 for frame in drawn]  # the landmarks are red
+    assert not red[0].any() and red[1].any() and not red[2].any() and red[3].any()
+    assert red[1][:, 30:].sum() < red[3][:, 30:].sum() / 2  # frame 1's point b (confidence 0.05) is not drawn

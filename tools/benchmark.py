@@ -3,7 +3,7 @@
     python tools/benchmark.py --backbone hrnet_w32 --input-size 256 --batch-size 64          # synthetic crops
     python tools/benchmark.py --backbone resnet18 --input-size 128 --batch-size 32 --device cpu \\
         --ann data/faces68/annotations/train.json --num-workers 2 --json                   # real images too
-    python tools/benchmark.py --backbone resnet18 --input-size 128 --coord-loss star   # + train_simple.py flags
+    python tools/benchmark.py --backbone resnet18 --input-size 128 --heatmap-stride 2   # + train_simple.py flags
 
 Training images/s is train_simple.train_step itself (autocast forward, loss, backward, gradient
 norm, the one host sync, AdamW step, EMA update, BatchNorm snapshot) on one batch already on the
@@ -31,8 +31,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 import train_simple  # noqa: E402
 from dataset import Augmentation, LandmarkDataset, collate_readable  # noqa: E402
-from errors import (CommandLineParser, DataError, multiple_of_32, non_negative_int, positive_int,  # noqa: E402
-                    reports_errors)
+from errors import CommandLineParser, DataError, bounded_int, multiple_of_32, reports_errors  # noqa: E402
 from model import LandmarkModel  # noqa: E402
 from run_utils import pick_device  # noqa: E402
 
@@ -59,7 +58,7 @@ def timed(run_batch, device: torch.device, batch_size: int, steps: int, warmup: 
     return statistics.median(rates)
 
 
-def training_rate(run: train_simple.Run, batch: dict, steps: int, warmup: int, repeats: int) -> float:
+def training_rate(run: train_simple.LandmarkRun, batch: dict, steps: int, warmup: int, repeats: int) -> float:
     """Images/s of train_simple's training step on one batch (moved to the device by the step, as
     in training; pinned on CUDA)."""
     run.model.train()
@@ -89,33 +88,37 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """This tool's flags, and the rest, which are train_simple.py's model, loss and optimiser flags
-    (e.g. --coord-loss star, --heatmap-stride 2) for the step being timed."""
+    (e.g. --heatmap-stride 2, --sigma 3) for the step being timed."""
+    return build_parser().parse_known_args(argv)
+
+
+def build_parser() -> CommandLineParser:
     parser = CommandLineParser(description=__doc__)
     parser.add_argument("--backbone", default="hrnet_w32", help="timm backbone, as train_simple.py --backbone")
     parser.add_argument("--input-size", type=multiple_of_32, default=256, help="crop side in pixels")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="crops per step")
-    parser.add_argument("--num-keypoints", type=positive_int, default=46, help="landmarks of the synthetic data")
+    parser.add_argument("--batch-size", type=bounded_int(1, 65_536), default=64, help="crops per step")
+    parser.add_argument("--num-keypoints", type=bounded_int(1, 1000), default=46, help="landmarks of the synthetic data")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cuda, mps or cpu")
     parser.add_argument("--ann", help="COCO keypoints file: time its data pipeline and train on its crops")
     parser.add_argument("--data-root", help="folder the annotation's file names are relative to")
-    parser.add_argument("--num-workers", type=non_negative_int, default=min(8, os.cpu_count() or 1),
+    parser.add_argument("--num-workers", type=bounded_int(0, 256), default=min(8, os.cpu_count() or 1),
                         help="DataLoader worker processes of the data pipeline timing")
     parser.add_argument("--no-crop-cache", action="store_true", help="time the pipeline decoding every image "
                         "instead of reading train_simple.py's crop cache (built beside --ann if missing)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training forward, as "
                         "train_simple.py --compile")
-    parser.add_argument("--steps", type=positive_int, default=20, help="batches per timing")
-    parser.add_argument("--warmup", type=non_negative_int, default=3, help="batches before the timings")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timings per figure (the median is reported)")
+    parser.add_argument("--steps", type=bounded_int(1, 10**6), default=20, help="batches per timing")
+    parser.add_argument("--warmup", type=bounded_int(0, 10**6), default=3, help="batches before the timings")
+    parser.add_argument("--repeats", type=bounded_int(1, 1000), default=3, help="timings per figure (the median is reported)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
-    return parser.parse_known_args(argv)
+    return parser
 
 
 def real_batch(args: argparse.Namespace) -> tuple[dict, float]:
     """A training batch of --ann's augmented crops and the data pipeline's images/s."""
     dataset = LandmarkDataset(args.ann, args.data_root, args.input_size, augmentation=Augmentation())
     if not args.no_crop_cache:
-        dataset.use_cache(train_simple.default_cache_dir(args.ann), num_workers=args.num_workers)
+        dataset.use_cache(Path(args.ann).parent / "crop_cache", num_workers=args.num_workers)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         num_workers=args.num_workers, collate_fn=collate_readable,
                         persistent_workers=args.num_workers > 0)

@@ -25,10 +25,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from errors import (CommandLineParser, UsageError, UserFacingError, number_type, positive_int,  # noqa: E402
+from errors import (CommandLineParser, UsageError, UserFacingError, bounded_int, number_type,  # noqa: E402
                     reports_errors)
 from model import LandmarkModel, load_landmark_model  # noqa: E402
-from run_utils import check_output_file  # noqa: E402
+from outputs import check_output_file  # noqa: E402
 
 TOLERANCE_PX = 1e-3  # largest accepted |ONNX Runtime - PyTorch| landmark difference, crop pixels
 
@@ -93,14 +93,18 @@ def max_difference(wrapper: LandmarksInCrop, size: int, out: Path, batch_size: i
             float(np.abs(onnx_confidence - confidence.numpy()).max()))
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> CommandLineParser:
     parser = CommandLineParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
     parser.add_argument("--out", required=True, help="ONNX file to write")
     parser.add_argument("--opset", type=number_type(int, 13, 23), default=17, help="ONNX opset version")
-    parser.add_argument("--check-batch", type=positive_int, default=3,
+    parser.add_argument("--check-batch", type=bounded_int(1, 1024), default=3,
                         help="batch size of the parity check (the export itself uses 1)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 @reports_errors

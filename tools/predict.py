@@ -1,32 +1,36 @@
 """Landmarks for new photos and videos with a trained checkpoint.
 
-    python tools/predict.py --checkpoint LM.pth --detector DET.pth photos/ clip.mp4 --out predictions
-    python tools/predict.py --checkpoint LM.pth --detector DET.pth clip.mp4 --detect-every 5 --save-video \\
-        --out predictions
+    python tools/predict.py --checkpoint LM.pth --detector DET.pth photos/ clips/ --out predictions
+    python tools/predict.py --checkpoint LM.pth --detector DET.pth clip.mp4 --save-video --out predictions
     python tools/predict.py --checkpoint LM.pth dog.jpg --bbox 120,80,380,330 --out predictions
     python tools/predict.py --checkpoint LM.pth photos/ --boxes boxes.json --flip-test --out predictions
 
 Faces in photos: the box of --bbox (every photo) or --boxes ({"dog.jpg": [x1, y1, x2, y2], ...},
 keyed by file name or path), else every face the --detector (tools/train_detector.py) finds
 with a score of at least --score-threshold, else the whole image (a photo cropped to one face).
-Each face is cropped around its box exactly as in training. Videos (.mp4, .avi, .mov, .mkv,
-...) use the detector or the whole frame.
+Each face is cropped around its box exactly as in training. Videos use the detector or the
+whole frame, and each face keeps an id from frame to frame (tracking.py).
 
 Outputs, with NAME the input's file name (made distinct where two inputs share one):
-- a photo: OUT/NAME.json lists its faces (box, score, landmarks in image pixels, a confidence per
-  landmark) and OUT/NAME_overlay.png draws them;
-- a video: OUT/NAME.csv has a row per frame and face (frame, time_s, face_id, box, score, then
-  <keypoint>_x, <keypoint>_y, <keypoint>_conf), read by pandas.read_csv as it is; the face id
-  follows a face across frames. --save-video adds OUT/NAME_labelled.mp4;
-- --crop-regions: OUT/NAME_regions/ with a crop per face and region of the keypoint metadata
-  (eyes, ears, mouth, ...), FACE_REGION.png for a photo, FRAME_FACE_REGION.png for a video.
-An input that cannot be read is reported on one line and skipped, and the exit status is then 1;
-in a video, a frame that cannot be decoded is skipped, counted and reported, and the rest goes on.
+- a photo: NAME.json lists its faces (box, score, landmarks in image pixels, a confidence per
+  landmark) and NAME_overlay.png draws them;
+- a video: NAME.csv, a row per frame and face (video_tables.py), NAME_dlc.csv, DeepLabCut's
+  table, NAME_filtered.csv and NAME_dlc_filtered.csv, the same filtered without lag (filtering.py;
+  --no-filter leaves them out), NAME_summary.json, and with --save-video NAME_labelled.mp4
+  (drawn from the filtered table; tools/label_video.py draws any table);
+- --crop-regions: NAME_regions/ with a crop per face and region of the keypoint metadata.
+Every input's outputs are written aside and moved into place when complete. An input whose
+outputs exist (NAME.json, NAME_summary.json) is skipped and said so; --overwrite redoes it.
+Ctrl-C or SIGTERM stops after the current batch: finished inputs stay complete, the unfinished
+one leaves nothing, and the inputs not done are listed. An input that cannot be read is
+reported on one line and skipped, and the exit status is then 1; in a video, a frame that
+cannot be decoded is skipped, counted and reported, and the rest goes on.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -36,14 +40,18 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from dataset import read_image  # noqa: E402
-from errors import (CommandLineParser, DataError, fraction, non_negative_float, positive_int,  # noqa: E402
+from errors import (CommandLineParser, DataError, Interrupted, UsageError, bounded_int, fraction,  # noqa: E402
                     reports_errors)
+from filtering import METHODS, FilterOptions  # noqa: E402
+from images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_image  # noqa: E402
 from inference import Face, FaceDetector, FaceLandmarker, LandmarkPredictor, save_region_crops  # noqa: E402
-from run_utils import check_output_folder, write_json  # noqa: E402
-from tools.convert_dogflw_to_coco import IMAGE_EXTENSIONS  # noqa: E402
-from video import VIDEO_EXTENSIONS, VideoOptions, analyze_video  # noqa: E402
+from outputs import Staging, check_output_folder, write_json  # noqa: E402
+from run_utils import StopRequest  # noqa: E402
+from video import VideoOptions, analyze_video  # noqa: E402
 from visualize import draw_faces  # noqa: E402
+
+MAX_COORDINATE = 1e6  # pixels; a box beyond this is a typo
+NUMBERS = re.compile(r"^-?[\d.eE+-]+(,-?[\d.eE+-]+){3}$")
 
 
 def parse_xyxy(values, source: str) -> np.ndarray:
@@ -52,9 +60,10 @@ def parse_xyxy(values, source: str) -> np.ndarray:
         box = np.array(values.split(",") if isinstance(values, str) else values, dtype=np.float64)
     except (TypeError, ValueError):
         box = np.array([])
-    if box.shape != (4,) or not np.isfinite(box).all() or box[0] >= box[2] or box[1] >= box[3]:
-        raise DataError(f"{source}: a box must be four numbers x1,y1,x2,y2 with x1 < x2 and y1 < y2, "
-                        f"not {values!r}")
+    if (box.shape != (4,) or not np.isfinite(box).all() or np.abs(box).max() > MAX_COORDINATE or box[0] >= box[2]
+            or box[1] >= box[3]):
+        raise DataError(f"{source}: a box must be four numbers x1,y1,x2,y2 with x1 < x2 and y1 < y2, within "
+                        f"+-{MAX_COORDINATE:g} pixels, not {values!r}")
     return box
 
 
@@ -88,12 +97,12 @@ def list_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
     return files, problems
 
 
-def output_stems(images: list[Path]) -> list[str]:
-    """A distinct file stem per input for its outputs: the image's own stem, or where that is taken
+def output_stems(inputs: list[Path]) -> list[str]:
+    """A distinct file stem per input for its outputs: the input's own stem, or where that is taken
     (the same name in two folders, the same file twice, or a name such as x-2 next to two x's) the
     stem with -2, -3, ... Compared without case, for case-insensitive file systems."""
     taken, stems = set(), []
-    for path in images:
+    for path in inputs:
         stem, n = path.stem, 1
         while stem.lower() in taken:
             n += 1
@@ -110,58 +119,99 @@ def given_box(path: Path, args: argparse.Namespace, box_table: dict[str, np.ndar
     for key in (str(path), path.name):
         if key in box_table:
             return box_table[key], "--boxes"
-    found_by = "detector" if args.detector else "whole image"
     if args.boxes:
         tqdm.write(f"warning: {path}: not in {args.boxes}; "
                    f"{'the detector finds its faces' if args.detector else 'the whole image is its face box'}",
                    file=sys.stderr)
-    return None, found_by
+    return None, "detector" if args.detector else "whole image"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> CommandLineParser:
     parser = CommandLineParser(description=__doc__)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="photos, videos and folders of them")
     parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
     parser.add_argument("--detector", help="best.pth from tools/train_detector.py: find the faces")
     parser.add_argument("--score-threshold", type=fraction, default=0.5, help="least detector score of a face")
     parser.add_argument("--out", required=True, help="folder for the outputs")
+    parser.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs exist (else skipped)")
     boxes = parser.add_mutually_exclusive_group()
     boxes.add_argument("--bbox", metavar="x1,y1,x2,y2", help="face box for every photo, in pixels")
     boxes.add_argument("--boxes", metavar="boxes.json", help='face box per photo: {"dog.jpg": [x1, y1, x2, y2]}')
     parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's prediction")
     parser.add_argument("--crop-regions", action="store_true", help="save a crop of every face region")
-    parser.add_argument("--region-size", type=positive_int, default=96, help="side of a region crop in pixels")
-    parser.add_argument("--detect-every", type=positive_int, default=1, help="in videos, run the detector "
-                        "every N frames; in between a face's box follows its landmarks")
-    parser.add_argument("--smooth", type=non_negative_float, default=0.0, metavar="HZ", help="in videos, smooth "
-                        "the landmarks over time with a One Euro filter of this cut-off (0: off)")
-    parser.add_argument("--save-video", action="store_true", help="write NAME_labelled.mp4 for each video")
+    parser.add_argument("--region-size", type=bounded_int(8, 4096), default=96, help="side of a region crop in pixels")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="photos per forward pass")
-    return parser.parse_args(argv)
+    parser.add_argument("--batch-size", type=bounded_int(1, 4096), default=16, help="photos, or video frames, per "
+                        "forward pass of the detector and of the landmark model")
+    video = parser.add_argument_group("videos")
+    video.add_argument("--detect-every", type=bounded_int(1, 10**6), default=1, help="run the detector every N frames; "
+                       "in between a face's box follows its landmarks")
+    video.add_argument("--save-video", action="store_true", help="write NAME_labelled.mp4 for each video")
+    video.add_argument("--pcutoff", type=fraction, default=0.1, help="the labelled video draws landmarks of at least "
+                       "this confidence (DeepLabCut's pcutoff)")
+    video.add_argument("--no-filter", action="store_true", help="write the raw tables only")
+    defaults = FilterOptions()
+    video.add_argument("--filter-min-confidence", type=fraction, default=defaults.min_confidence,
+                       help="filtering drops points of lower confidence")
+    video.add_argument("--filter-max-jump", type=fraction, default=defaults.max_jump, help="and points further than "
+                       "this x the face's box side from the median of the frames around them")
+    video.add_argument("--filter-max-gap", type=bounded_int(0, 10_000), default=defaults.max_gap,
+                       help="fills gaps of up to this many frames")
+    video.add_argument("--filter-window", type=bounded_int(0, 1001), default=defaults.window,
+                       help="smoothing window in frames (odd; below 3: no smoothing)")
+    video.add_argument("--filter-method", choices=METHODS, default=defaults.method, help="centred smoothing filter")
+    return parser
 
 
-def write_photo_outputs(out_dir: Path, path: Path, stem: str, image: np.ndarray, faces: list[Face], source: str,
+def join_box_values(argv: list[str]) -> list[str]:
+    """--bbox -20,-25,70,80 as --bbox=-20,-25,70,80: argparse reads a value starting with '-' as a flag."""
+    joined, skip = [], False
+    for i, word in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if word == "--bbox" and i + 1 < len(argv) and NUMBERS.match(argv[i + 1]):
+            joined.append(f"--bbox={argv[i + 1]}")
+            skip = True
+        else:
+            joined.append(word)
+    return joined
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(join_box_values(sys.argv[1:] if argv is None else argv))
+    if args.filter_window and args.filter_window % 2 == 0:
+        parser.error(f"--filter-window {args.filter_window}: must be odd (the filter is centred)")
+    return args
+
+
+def write_photo_outputs(staging: Staging, path: Path, stem: str, image: np.ndarray, faces: list[Face], source: str,
                         landmarker: FaceLandmarker, args: argparse.Namespace) -> None:
-    """OUT/STEM.json, OUT/STEM_overlay.png and, with --crop-regions, OUT/STEM_regions/."""
+    """STEM.json, STEM_overlay.png and, with --crop-regions, STEM_regions/ into the staging folder."""
     result = {"image": str(path), "width": image.shape[1], "height": image.shape[0],
               "faces": [{"box": face.box.round(3).tolist(), "box_source": source, "score": round(face.score, 4),
                          "landmarks": face.landmarks.round(3).tolist(),
                          "confidence": face.confidence.astype(float).round(4).tolist()} for face in faces],
               "keypoint_names": landmarker.predictor.meta["keypoints"], "checkpoint": str(args.checkpoint),
               "detector": args.detector, "flip_test": args.flip_test}
-    write_json(out_dir / f"{stem}.json", result)
-    cv2.imwrite(str(out_dir / f"{stem}_overlay.png"), cv2.cvtColor(draw_faces(image, faces), cv2.COLOR_RGB2BGR))
+    write_json(staging.path(f"{stem}.json"), result)
+    if not cv2.imwrite(str(staging.path(f"{stem}_overlay.png")), cv2.cvtColor(draw_faces(image, faces),
+                                                                              cv2.COLOR_RGB2BGR)):
+        raise DataError(f"{staging.out_dir / stem}_overlay.png: cannot be written")
     if args.crop_regions:
-        save_region_crops(image, faces, landmarker.predictor.meta, out_dir / f"{stem}_regions", "", args.region_size)
+        save_region_crops(image, faces, landmarker.predictor.meta, staging.path(f"{stem}_regions"), "",
+                          args.region_size)
 
 
-def predict_photos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out_dir: Path,
-                   args: argparse.Namespace, box_table: dict[str, np.ndarray], problems: list[str]) -> int:
-    """Faces and landmarks of every photo, a batch at a time; returns how many were written."""
-    written = 0
+def predict_photos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out_dir: Path, args: argparse.Namespace,
+                   box_table: dict[str, np.ndarray], problems: list[str], stop: StopRequest) -> list[Path]:
+    """Faces and landmarks of every photo, a batch at a time; returns the photos done."""
+    done = []
     with tqdm(total=len(jobs), desc="photos", unit="img", dynamic_ncols=True) as progress:
         for start in range(0, len(jobs), args.batch_size):
+            if stop.signal_name is not None:
+                raise Interrupted(f"{stop.signal_name} while predicting photos")
             chunk, read = jobs[start:start + args.batch_size], []
             for path, stem in chunk:
                 try:
@@ -173,32 +223,54 @@ def predict_photos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out
             boxes = [None if box is None else box[None] for box, _ in given]
             for (path, stem, image), faces, (_, source) in zip(read, landmarker.faces([r[2] for r in read], boxes),
                                                               given):
-                write_photo_outputs(out_dir, path, stem, image, faces, source, landmarker, args)
-            written += len(read)
+                with Staging(out_dir, stem) as staging:
+                    write_photo_outputs(staging, path, stem, image, faces, source, landmarker, args)
+                    staging.commit(last=f"{stem}.json")
+                done.append(path)
             progress.update(len(chunk))
-    return written
+    return done
 
 
-def predict_videos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out_dir: Path,
-                   args: argparse.Namespace, problems: list[str]) -> int:
-    """The CSV (and labelled video) of every video; returns how many were written."""
-    options = VideoOptions(args.detect_every, args.smooth, args.save_video,
-                           args.region_size if args.crop_regions else 0)
-    written = 0
+def predict_videos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out_dir: Path, args: argparse.Namespace,
+                   problems: list[str], stop: StopRequest) -> list[Path]:
+    """The tables (and labelled video) of every video, each moved into place when complete;
+    returns the videos done."""
+    filter_options = None if args.no_filter else FilterOptions(
+        args.filter_min_confidence, args.filter_max_jump, args.filter_max_gap, args.filter_window,
+        method=args.filter_method)
+    options = VideoOptions(args.detect_every, args.batch_size, args.region_size if args.crop_regions else 0,
+                           filter=filter_options, save_video=args.save_video, pcutoff=args.pcutoff,
+                           scorer=Path(args.checkpoint).resolve().parent.name)
+    done = []
     for path, stem in jobs:
         try:
-            summary = analyze_video(path, landmarker, out_dir / stem, options)
+            with Staging(out_dir, stem) as staging:
+                summary = analyze_video(path, landmarker, staging, stem, options, stop)
+                outputs = staging.commit(last=f"{stem}_summary.json")
         except DataError as err:
             tqdm.write(f"warning: {err}; skipped", file=sys.stderr)
             problems.append(str(err))
             continue
-        print(f"{path}: {summary.frames} frames, {summary.face_rows} face rows in {summary.seconds:.1f} s "
-              f"({summary.frames / summary.seconds:.1f} frames/s) -> {', '.join(map(str, summary.outputs))}")
-        if summary.undecodable:
-            print(f"warning: {path}: {summary.undecodable} frame(s) could not be decoded; skipped (no rows)",
-                  file=sys.stderr)
-        written += 1
-    return written
+        record = summary.record
+        print(f"{path}: {summary.frames} frames, {record['frames_with_a_face']} with a face, "
+              f"{record['faces_per_frame']:.2f} faces per frame, {record['face_ids']} face ids, in "
+              f"{summary.seconds:.1f} s ({record['frames_per_s']:.1f} frames/s) -> {', '.join(p.name for p in outputs)}")
+        for problem in summary.problems:
+            print(f"warning: {path}: {problem}", file=sys.stderr)
+        done.append(path)
+    return done
+
+
+def skip_finished(jobs: list[tuple[Path, str]], out_dir: Path, overwrite: bool) -> list[tuple[Path, str]]:
+    """The jobs to do: without --overwrite, those whose complete outputs exist are skipped, said so."""
+    todo = []
+    for path, stem in jobs:
+        mark = out_dir / (f"{stem}_summary.json" if path.suffix.lower() in VIDEO_EXTENSIONS else f"{stem}.json")
+        if mark.exists() and not overwrite:
+            print(f"{path}: done already ({mark} exists); skipped (--overwrite redoes it)")
+        else:
+            todo.append((path, stem))
+    return todo
 
 
 @reports_errors
@@ -207,20 +279,32 @@ def main(argv: list[str] | None = None) -> int:
     args.bbox = parse_xyxy(args.bbox, "--bbox") if args.bbox else None
     box_table = load_boxes(args.boxes) if args.boxes else {}
     out_dir = check_output_folder(args.out, "--out")
+    files, problems = list_inputs(args.inputs)
+    jobs = list(zip(files, output_stems(files)))
+    videos = [job for job in jobs if job[0].suffix.lower() in VIDEO_EXTENSIONS]
+    photos = [job for job in jobs if job[0].suffix.lower() not in VIDEO_EXTENSIONS]
+    boxed = [str(p) for p, _ in videos if args.bbox is not None or str(p) in box_table or p.name in box_table]
+    if boxed:
+        raise UsageError(f"--bbox and --boxes give the faces of photos, not of videos ({boxed[0]}): a video's faces "
+                         "come from --detector (or, without one, the whole frame)")
     predictor = LandmarkPredictor(args.checkpoint, args.device, args.flip_test)
     if args.crop_regions and not predictor.meta.get("regions"):
         raise DataError(f"--crop-regions: {args.checkpoint} has no regions in its keypoint metadata")
     detector = FaceDetector(args.detector, args.device) if args.detector else None
     landmarker = FaceLandmarker(predictor, detector, args.score_threshold)
-    files, problems = list_inputs(args.inputs)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
-    jobs = list(zip(files, output_stems(files)))
-    videos = [job for job in jobs if job[0].suffix.lower() in VIDEO_EXTENSIONS]
-    photos = [job for job in jobs if job[0].suffix.lower() not in VIDEO_EXTENSIONS]
-    written = predict_photos(photos, landmarker, out_dir, args, box_table, problems) if photos else 0
-    written += predict_videos(videos, landmarker, out_dir, args, problems) if videos else 0
-    print(f"wrote the outputs of {written} input(s) to {out_dir}")
+    photos, videos = (skip_finished(group, out_dir, args.overwrite) for group in (photos, videos))
+    done = []
+    try:
+        with StopRequest("stopping after this batch; finished inputs stay complete") as stop:
+            done += predict_photos(photos, landmarker, out_dir, args, box_table, problems, stop) if photos else []
+            done += predict_videos(videos, landmarker, out_dir, args, problems, stop) if videos else []
+    except Interrupted as stopped:
+        left = [str(p) for p, _ in photos + videos if p not in done]
+        raise Interrupted(f"{stopped}: {len(done)} input(s) done and complete in {out_dir}; not done (nothing of "
+                          f"them written): {', '.join(left)}") from None
+    print(f"wrote the outputs of {len(done)} input(s) to {out_dir}")
     if problems:
         raise DataError(f"{len(problems)} input(s) failed (listed above); the rest were processed")
     return 0

@@ -3,271 +3,239 @@
     python tools/train_detector.py --ann-root data/dogflw/annotations            # DogFLW's boxes
     python tools/train_detector.py --ann-root data/faces68_scenes/annotations --no-pretrained \\
         --epochs 12 --work-dir work_dirs/detector
+    python tools/train_detector.py --ann-root MY_FRAMES --init-from work_dirs/detector/best.pth --epochs 6
     python tools/train_detector.py --resume work_dirs/detector/last.pth
 
 The run folder gets last.pth and best.pth (highest box AP@[.5:.95] on the validation file),
 each holding the detector config and weights that tools/predict.py --detector and
-evaluate.py --detector need, and metrics.jsonl with the loss, AP@0.5 and AP@[.5:.95] (COCO's
-definition, by pycocotools) of every epoch. It shares the landmark trainer's run utilities:
-seeding, device choice, annotation preparation, the epoch sampler, the warm-up + cosine
-schedule, atomic checkpoints, Ctrl-C to last.pth and --resume.
+evaluate.py --detector need, and metrics.jsonl with the loss, AP@0.5, AP@[.5:.95] and AP and
+recall by face size (COCO's definitions, by pycocotools) of every epoch. Training images are
+composed into scenes with several faces, faces of every size and no face at all
+(face_boxes.SceneAugmentation). The run itself (flags, folder, resume, schedule, the epoch loop
+and its stop protocol) is training.py's, shared with train_simple.py.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from checkpoints import CHECKPOINT_FORMAT, DETECTOR, read_checkpoint, save_checkpoint  # noqa: E402
+from checkpoints import CHECKPOINT_FORMAT, DETECTOR, read_checkpoint  # noqa: E402
 from dataset import EpochSampler  # noqa: E402
-from detector import (DETECTORS, FaceBoxes, box_average_precision, collate_images, create_detector,  # noqa: E402
-                      detections)
-from errors import (CheckpointError, CommandLineParser, DataError, Interrupted, TrainingStopped,  # noqa: E402
-                    UsageError, multiple_of_32, non_negative_float, non_negative_int, positive_float, positive_int,
-                    reports_errors)
-from run_utils import (MetricsLog, StopRequest, check_writable, choose_work_dir, ignore_ctrl_c,  # noqa: E402
-                       pick_device, resumed_settings, seed_everything)
-from train_simple import DEFAULT_ANN_ROOT, RunHalted, autocast_dtype, prepare_annotations, warmup_cosine  # noqa: E402
+from detector import DETECTORS, box_average_precision, create_detector, detections  # noqa: E402
+from dogflw import DEFAULT_ANN_ROOT, prepare_annotations  # noqa: E402
+from errors import (CheckpointError, CommandLineParser, DataError, UsageError, bounded_int,  # noqa: E402
+                    multiple_of_32, number_type, reports_errors)
+from face_boxes import FaceBoxes, SceneAugmentation, collate_images  # noqa: E402
+from outputs import check_writable  # noqa: E402
+from run_utils import given_flags, ignore_ctrl_c, pick_device, seed_everything  # noqa: E402
+from training import (RESUME_MAY_CHANGE, EpochResult, Run, StepResult, add_run_flags, autocast_dtype,  # noqa: E402
+                      finish_epoch, gradient_scaler, optimise, parse_run, run_epochs, run_folder, schedule,
+                      train_epoch)
 
-RESUME_MAY_CHANGE = ("resume", "epochs", "work_dir", "data_root", "ann_root", "device", "num_workers")
-MAX_BAD_STEPS = 20  # non-finite steps in a row before the run stops
-TRAINING_STATE_KEYS = ("optimizer", "scheduler", "scaler", "epoch", "args")
+MAX_GRAD_NORM = 10.0  # early FCOS losses spike
+SCENE_HELP = {"mosaic_prob": "2 to 4 training images tiled into one canvas",
+              "zoom_prob": "otherwise, the image scaled and moved so that a face spans a random share of it",
+              "negative_prob": "a crop of an image's background alone, no face",
+              "face_small": "smallest face side / canvas short side of a zoom",
+              "face_large": "largest face side / canvas short side of a zoom",
+              "flip_prob": "horizontal mirror", "canvas": "long side of a composed image in pixels"}
+ARCHITECTURE = ("model", "min_size", "max_size")  # what --init-from's checkpoint decides
+
+
+def build_parser() -> CommandLineParser:
+    parser = CommandLineParser(description=__doc__)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-root", help="dataset folder (default: the one the annotations record)")
+    data.add_argument("--ann-root", default=str(DEFAULT_ANN_ROOT), help="folder with train.json and val.json "
+                      "and/or test.json, as for train_simple.py; their annotation boxes are the faces")
+    data.add_argument("--val-fraction", type=number_type(float, 0, 0.5), default=0.1, help="as train_simple.py's: "
+                      "with train.json and test.json only, the share of train.json held out to choose best.pth on")
+    scene = parser.add_argument_group("scene augmentation (0 switches a piece off)")
+    for spec in fields(SceneAugmentation):
+        kind = (bounded_int(64, 4096) if spec.name == "canvas" else
+                number_type(float, 0.01, 1) if spec.name.startswith("face_") else number_type(float, 0, 1))
+        scene.add_argument(f"--{spec.name.replace('_', '-')}", type=kind, default=spec.default,
+                           help=SCENE_HELP[spec.name])
+    net = parser.add_argument_group("model")
+    net.add_argument("--model", default=DETECTORS[0], choices=DETECTORS, help="detector architecture")
+    net.add_argument("--min-size", type=multiple_of_32, default=320, help="short image side the detector sees")
+    net.add_argument("--max-size", type=multiple_of_32, default=416, help="longest image side it sees")
+    net.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights "
+                     "instead of torchvision's ImageNet weights")
+    net.add_argument("--init-from", help="a detector checkpoint (best.pth) to start from, with its architecture; "
+                     "a new optimiser and schedule")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=bounded_int(1, 100_000), default=24, help="epochs of the whole run")
+    opt.add_argument("--batch-size", type=bounded_int(1, 4096), default=8, help="images per step")
+    opt.add_argument("--lr", type=number_type(float, 0, 10, low_open=True), default=2e-3, help="peak AdamW learning "
+                     "rate")
+    opt.add_argument("--weight-decay", type=number_type(float, 0, 10), default=1e-4, help="AdamW weight decay")
+    add_run_flags(parser.add_argument_group("run"), "work_dirs/detector_<model>", min(8, os.cpu_count() or 1))
+    return parser
+
+
+def parse_run_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
+    """The run's settings and, with --resume, its checkpoint (training.parse_run); with
+    --init-from, the architecture is the checkpoint's."""
+    parser = build_parser()
+    args, checkpoint = parse_run(parser, argv, DETECTOR, RESUME_MAY_CHANGE)
+    if args.init_from and not args.resume:
+        config = read_checkpoint(args.init_from, DETECTOR, mmap=True)["detector_config"]
+        given = given_flags(parser, argv)
+        for dest, key in zip(ARCHITECTURE, ("name", "min_size", "max_size")):
+            if dest in given and getattr(args, dest) != config[key]:
+                raise UsageError(f"--{dest.replace('_', '-')} {getattr(args, dest)}: --init-from {args.init_from} "
+                                 f"has {config[key]}; leave the flag out to take the checkpoint's")
+            setattr(args, dest, config[key])
+        args.no_pretrained = not config["pretrained"]  # the layout of its normalisation layers (frozen or not)
+    if args.min_size > args.max_size:
+        parser.error(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")
+    if args.face_small > args.face_large:
+        parser.error(f"--face-small {args.face_small} is larger than --face-large {args.face_large}")
+    return args, checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = CommandLineParser(description=__doc__)
-    parser.add_argument("--data-root", help="dataset folder (default: the one the annotations record)")
-    parser.add_argument("--ann-root", default=DEFAULT_ANN_ROOT, help="folder with train.json and test.json "
-                        "(or val.json), as for train_simple.py; their annotation boxes are the faces")
-    parser.add_argument("--model", default=DETECTORS[0], choices=DETECTORS, help="detector architecture")
-    parser.add_argument("--min-size", type=multiple_of_32, default=320, help="short image side the detector sees")
-    parser.add_argument("--max-size", type=multiple_of_32, default=416, help="longest image side it sees")
-    parser.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights "
-                        "instead of torchvision's ImageNet weights")
-    parser.add_argument("--epochs", type=positive_int, default=24, help="epochs of the whole run")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
-    parser.add_argument("--lr", type=positive_float, default=2e-3, help="peak AdamW learning rate")
-    parser.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
-    parser.add_argument("--num-workers", type=non_negative_int, default=min(8, os.cpu_count() or 1),
-                        help="DataLoader worker processes (default: %(default)s: the cores, at most 8)")
-    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--work-dir", help="run folder (default: work_dirs/detector_<model>, or -2, -3, ...)")
-    parser.add_argument("--resume", help="last.pth to continue from, with its own settings")
-    parser.add_argument("--seed", type=int, default=0, help="fixes initialisation, shuffle and augmentation")
-    args = parser.parse_args(argv)
-    if args.resume:
-        saved = read_checkpoint(args.resume, DETECTOR, mmap=True).get("args") or {}
-        args = resumed_settings(parser, argv, args, saved, RESUME_MAY_CHANGE)
-    return args
+    return parse_run_args(argv)[0]
 
 
 @dataclass
-class Run:
-    """The detector, what updates it and where the run stands."""
-    args: argparse.Namespace
-    device: torch.device
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None
-    best_ap: float = -math.inf
-    bad_steps: int = 0  # non-finite steps in a row
-    metrics: dict | None = None
-
-    @property
-    def work_dir(self) -> Path:
-        return Path(self.args.work_dir)
+class DetectorRun(Run):
+    """A detector run: the model is the inference model too (no EMA)."""
+    BEST_KEY: ClassVar[str] = "best_ap"
+    LOWER_IS_BETTER: ClassVar[bool] = False
 
     def inference_state(self, epoch: int) -> dict:
         """best.pth: what tools/predict.py and evaluate.py need to rebuild and trust the detector."""
-        config = {"name": self.args.model, "pretrained": not self.args.no_pretrained, "min_size": self.args.min_size,
-                  "max_size": self.args.max_size}
+        config = {"name": self.args.model, "pretrained": not self.args.no_pretrained,
+                  "min_size": self.args.min_size, "max_size": self.args.max_size}
         return {"format": CHECKPOINT_FORMAT, "kind": DETECTOR, "detector_config": config,
-                "model": self.model.state_dict(), "epoch": epoch, "best_ap": self.best_ap, "metrics": self.metrics,
+                "model": self.model.state_dict(), "epoch": epoch, "best_ap": self.best, "metrics": self.metrics,
                 "args": vars(self.args)}
 
-    def training_state(self, epoch: int, next_batch: int = 0) -> dict:
-        """last.pth: the inference state and what a resume needs."""
-        return {**self.inference_state(epoch), "next_batch": next_batch, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    def restore_weights(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
 
 
 @dataclass
 class Data:
-    """The validation images, and the sampler and loaders of both sets."""
+    """The validation images, and the loaders of both sets."""
     val_set: FaceBoxes
-    sampler: EpochSampler
     train_loader: DataLoader
     val_loader: DataLoader
 
 
 def build_loaders(args: argparse.Namespace, device: torch.device) -> Data:
-    """The face boxes of train.json (augmented) and of the validation file, with their loaders."""
-    train_ann, val_ann = prepare_annotations(Path(args.ann_root), args.data_root)
-    train_set = FaceBoxes(train_ann, args.data_root, augment=True, seed=args.seed)
-    val_set = FaceBoxes(val_ann, args.data_root)
+    """The face boxes of the training file (composed into scenes) and of the validation file."""
+    files = prepare_annotations(args.ann_root, args.data_root, args.val_fraction)
+    scenes = SceneAugmentation(**{spec.name: getattr(args, spec.name) for spec in fields(SceneAugmentation)})
+    train_set = FaceBoxes(files.train, args.data_root, scenes, seed=args.seed)
+    val_set = FaceBoxes(files.val, args.data_root)
     if len(train_set) < args.batch_size:
-        raise DataError(f"{train_ann}: {len(train_set)} images, fewer than one batch of {args.batch_size}")
-    sampler = EpochSampler(len(train_set), args.batch_size, args.seed)
+        raise DataError(f"{files.train}: {len(train_set)} images, fewer than one batch of {args.batch_size}")
     workers = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
                    worker_init_fn=ignore_ctrl_c, pin_memory=device.type == "cuda", collate_fn=collate_images)
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **workers)
-    val_loader = DataLoader(val_set, batch_size=args.batch_size, **workers)
-    return Data(val_set, sampler, train_loader, val_loader)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, drop_last=True,
+                              sampler=EpochSampler(len(train_set), args.batch_size, args.seed), **workers)
+    return Data(val_set, train_loader, DataLoader(val_set, batch_size=args.batch_size, **workers))
 
 
-def set_up(args: argparse.Namespace) -> tuple[Run, Data, tuple[int, int]]:
+def create_model(args: argparse.Namespace, checkpoint: dict | None) -> torch.nn.Module:
+    """The detector: ImageNet weights for a new run unless --no-pretrained, --init-from's weights,
+    or (resuming) nothing to download: the checkpoint supplies every weight."""
+    model = create_detector(args.model, not args.no_pretrained, args.min_size, args.max_size,
+                            download=checkpoint is None and not args.init_from)
+    if args.init_from and checkpoint is None:
+        try:
+            model.load_state_dict(read_checkpoint(args.init_from, DETECTOR)["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"--init-from {args.init_from}: its weights do not fit {args.model} "
+                                  f"({str(err)[:120]})") from None
+        print(f"started from {args.init_from}")
+    return model
+
+
+def set_up(args: argparse.Namespace, checkpoint: dict | None) -> tuple[DetectorRun, Data, tuple[int, int]]:
     """Device, run folder, data, detector, AdamW with warm-up + cosine, and a resumed run's state."""
     seed_everything(args.seed)
     device = pick_device(args.device)
-    checkpoint = read_checkpoint(args.resume, DETECTOR) if args.resume else None
-    if checkpoint is not None and not all(key in checkpoint for key in TRAINING_STATE_KEYS):
-        raise CheckpointError(f"{args.resume}: not a training checkpoint of tools/train_detector.py; resume from "
-                              "a run's last.pth")
-    args.work_dir = choose_work_dir(args.work_dir, f"work_dirs/detector_{args.model}", bool(args.resume))
+    args.work_dir = run_folder(args, f"work_dirs/detector_{args.model}")
     data = build_loaders(args, device)
-    model = create_detector(args.model, not args.no_pretrained, args.min_size, args.max_size,
-                            download=checkpoint is None).to(device)
+    model = create_model(args, checkpoint).to(device)
     check_writable(Path(args.work_dir), 8 * sum(p.numel() * p.element_size() for p in model.parameters()))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                   weight_decay=args.weight_decay)
-    steps = data.sampler.batches_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, args.epochs * steps))
+    steps = data.train_loader.sampler.batches_per_epoch
     amp_dtype = autocast_dtype(device)
-    run = Run(args, device, model, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp_dtype ==
-                                                                              torch.float16), amp_dtype)
-    start = (1, 0) if checkpoint is None else restore(run, checkpoint)
-    print(f"{len(data.train_loader.dataset)} train / {len(data.val_set)} val images; {args.model} on {device}; "
-          f"run folder {run.work_dir}")
+    run = DetectorRun(args, device, model, optimizer, schedule(optimizer, steps, args.epochs * steps),
+                      gradient_scaler(amp_dtype), amp_dtype)
+    start = (1, 0) if checkpoint is None else run.restore(checkpoint)
+    run.log(f"{len(data.train_loader.dataset)} train / {len(data.val_set)} val images; {args.model} on {device}; "
+            f"run folder {run.work_dir}")
     return run, data, start
 
 
-def restore(run: Run, checkpoint: dict) -> tuple[int, int]:
-    """Put a resumed run where its checkpoint left it; returns the (epoch, batch) to continue from."""
-    if run.args.epochs <= checkpoint["epoch"]:
-        raise UsageError(f"--epochs {run.args.epochs}: the run has finished {checkpoint['epoch']} epochs already; "
-                         "give a larger --epochs to train longer")
-    run.model.load_state_dict(checkpoint["model"])
-    for name in ("optimizer", "scheduler", "scaler"):
-        getattr(run, name).load_state_dict(checkpoint[name])
-    torch.set_rng_state(checkpoint["torch_rng"])
-    if checkpoint.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
-    run.best_ap, run.metrics = checkpoint["best_ap"], checkpoint["metrics"]
-    MetricsLog(run.work_dir / "metrics.jsonl").trim(checkpoint["epoch"])
-    print(f"resumed from {run.args.resume} at epoch {checkpoint['epoch']}")
-    return checkpoint["epoch"] + 1, checkpoint["next_batch"]
-
-
-def train_step(run: Run, batch: dict) -> float:
-    """One AdamW step on a batch of images and their boxes. A non-finite loss or gradient changes
-    nothing, counts in `run.bad_steps` and returns NaN."""
+def train_step(run: DetectorRun, batch: dict, stop_requested: bool = False) -> StepResult | None:
+    """One AdamW step on a batch of images and their boxes (training.optimise, gradient clipped);
+    None for a batch of which no image could be read."""
+    if not batch["images"]:
+        return None
     images = [image.to(run.device, non_blocking=True) for image in batch["images"]]
     targets = [{k: v.to(run.device, non_blocking=True) for k, v in t.items()} for t in batch["targets"]]
-    with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+    with run.autocast():
         loss = sum(run.model(images, targets).values())
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.unscale_(run.optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), 10.0)  # early FCOS losses spike
-    loss_value, norm_value = torch.stack([loss.detach(), norm]).tolist()
-    # an fp16 scaler skips its own overflowing steps
-    if not math.isfinite(loss_value) or not (run.scaler.is_enabled() or math.isfinite(norm_value)):
-        run.bad_steps += 1
-        return math.nan
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.bad_steps = 0
-    return loss_value
-
-
-def train_epoch(run: Run, data: Data, epoch: int, start_batch: int, stop: StopRequest) -> tuple[float, int]:
-    """One epoch (from `start_batch` when resuming inside it): the mean loss and the number of
-    unreadable images; raises RunHalted on Ctrl-C or SIGTERM."""
-    run.model.train()
-    data.sampler.set_epoch(epoch, start_batch)
-    total, steps, unreadable = 0.0, 0, 0
-    bar = tqdm(data.train_loader, desc=f"epoch {epoch}/{run.args.epochs}", mininterval=1.0, dynamic_ncols=True)
-    for i, batch in enumerate(bar, start=start_batch):
-        unreadable += len(batch["unreadable"])
-        loss = train_step(run, batch) if batch["images"] else math.nan
-        if math.isfinite(loss):
-            total, steps = total + loss, steps + 1
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}", refresh=False)
-        elif run.bad_steps >= MAX_BAD_STEPS:
-            raise RunHalted(TrainingStopped(f"{run.bad_steps} steps in a row with a non-finite loss or gradient; "
-                                            f"stopped ({run.work_dir / 'last.pth'} holds the last good weights; "
-                                            "try a lower --lr)"), epoch - 1, i)
-        run.scheduler.step()
-        if stop.signal_name is not None:
-            last = run.work_dir / "last.pth"
-            raise RunHalted(Interrupted(f"{stop.signal_name}: saved {last} at epoch {epoch}, batch {i + 1}; "
-                                        f"continue with --resume {last}"), epoch - 1, i + 1)
-    return (total / steps if steps else math.nan), unreadable
+    return optimise(run, loss, {}, stop_requested, MAX_GRAD_NORM)
 
 
 @torch.no_grad()
-def validate(run: Run, data: Data) -> dict:
-    """Box AP@0.5 and AP@[.5:.95] on the validation file (every detection the model keeps)."""
+def validate(run: DetectorRun, data: Data, epoch: int, trained: EpochResult, started: float) -> None:
+    """Box AP on the validation file (every detection the model keeps), then training.finish_epoch."""
     run.model.eval()
-    ids, boxes, scores = [], [], []
+    ids, boxes, scores, unreadable = [], [], [], []
     for batch in data.val_loader:
-        found = detections(run.model([image.to(run.device) for image in batch["images"]]))
+        unreadable += batch["unreadable"]
+        found = detections(run.model([image.to(run.device) for image in batch["images"]])) if batch["images"] else []
         for index, (image_boxes, image_scores) in zip(batch["indices"], found):
             ids.append(data.val_set.images[index]["id"])
             boxes.append(image_boxes)
             scores.append(image_scores)
-    return box_average_precision(data.val_set.ann_file, ids, boxes, scores)
+    run.metrics = box_average_precision(data.val_set.ann_file, ids, boxes, scores)
+    finish_epoch(run, epoch, trained, run.metrics["box_ap"], {**run.metrics, "val_unreadable": len(unreadable)},
+                 f"box AP@0.5 {run.metrics['box_ap50']:.3f}, AP@[.5:.95] {run.metrics['box_ap']:.3f}", started)
+    for path in unreadable:
+        run.log(f"warning: {path}: cannot read image; skipped")
 
 
-def finish_epoch(run: Run, data: Data, epoch: int, loss: float, unreadable: int, started: float) -> None:
-    """Validate, then write the epoch's metrics.jsonl line, last.pth and, at a new best AP, best.pth."""
-    run.metrics = validate(run, data)
-    improved = run.metrics["box_ap"] > run.best_ap
-    run.best_ap = max(run.best_ap, run.metrics["box_ap"])
-    record = {"epoch": epoch, "train_loss": loss, "lr": run.scheduler.get_last_lr()[0], **run.metrics,
-              "train_unreadable": unreadable, "epoch_time_s": time.time() - started}
-    MetricsLog(run.work_dir / "metrics.jsonl").append(record)
-    save_checkpoint(run.training_state(epoch), run.work_dir / "last.pth")
-    if improved:
-        save_checkpoint(run.inference_state(epoch), run.work_dir / "best.pth")
-    print(f"epoch {epoch}: loss {loss:.4f}, box AP@0.5 {run.metrics['box_ap50']:.3f}, AP@[.5:.95] "
-          f"{run.metrics['box_ap']:.3f} (best {run.best_ap:.3f}), {record['epoch_time_s']:.0f} s")
-
-
-def train(args: argparse.Namespace) -> float:
+def train(args: argparse.Namespace, checkpoint: dict | None = None) -> float:
     """The whole run; returns the best box AP@[.5:.95]."""
-    run, data, (start_epoch, start_batch) = set_up(args)
-    try:
-        with StopRequest() as stop:
-            for epoch in range(start_epoch, args.epochs + 1):
-                started = time.time()
-                loss, unreadable = train_epoch(run, data, epoch, start_batch, stop)
-                start_batch = 0
-                finish_epoch(run, data, epoch, loss, unreadable, started)
-    except RunHalted as halt:
-        save_checkpoint(run.training_state(halt.epoch, halt.next_batch), run.work_dir / "last.pth")
-        raise halt.error from None
-    return run.best_ap
+    if args.resume and checkpoint is None:
+        checkpoint = read_checkpoint(args.resume, DETECTOR)
+    run, data, start = set_up(args, checkpoint)
+
+    def one_epoch(epoch: int, start_batch: int, stop) -> None:
+        started = time.time()
+        trained = train_epoch(run, data.train_loader, epoch, start_batch, stop,
+                              lambda batch, stop_now: train_step(run, batch, stop_now))
+        validate(run, data, epoch, trained, started)
+
+    run_epochs(run, start, one_epoch)
+    return run.best
 
 
 @reports_errors
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    best = train(args)
+    args, checkpoint = parse_run_args(argv)
+    best = train(args, checkpoint)
     print(f"best box AP@[.5:.95] {best:.3f}; checkpoints in {args.work_dir}")
     return 0
 

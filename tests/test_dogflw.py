@@ -9,7 +9,8 @@ from conftest import SMALL_META, make_faces, palette, run_cli
 from dataset import LandmarkDataset
 from tools import convert_dogflw_to_coco as convert_mod
 from errors import DataError
-from tools.convert_dogflw_to_coco import DOGFLW_META, LabelError, convert
+from coco_files import DOGFLW_META
+from dogflw import LabelError, convert
 
 
 @pytest.fixture
@@ -52,7 +53,6 @@ def test_labels_key_and_other_meta(tmp_path, small_meta_file):
 
 BAD_LABELS = {
     "wrong point count": ({"landmarks": [[1, 2]] * 45, "bounding_boxes": ["0", "0", "9", "9"]}, "has 45 landmarks"),
-    "nan value": ({"landmarks": [[1, 2]] * 45 + [["nan", 2]], "bounding_boxes": [0, 0, 9, 9]}, "not finite"),
     "text value": ({"landmarks": [[1, 2]] * 45 + [["a", 2]], "bounding_boxes": [0, 0, 9, 9]}, "not a number"),
     "no landmarks": ({"bounding_boxes": [0, 0, 9, 9]}, "no 'landmarks'"),
 }
@@ -67,6 +67,27 @@ def test_bad_label_is_skipped_with_its_file_named(root, tmp_path, capsys, case):
     assert counts["train"] == 4
     err = capsys.readouterr().err
     assert f"{bad}: " in err and reason in err
+
+
+@pytest.mark.parametrize("value", ["nan", float("nan"), float("inf"), None, "-inf"])
+def test_a_non_finite_or_missing_landmark_is_unlabelled_and_the_image_stays(root, tmp_path, capsys, value):
+    """As in the real DogFLW label n02099712_4074, whose landmark 43 is NaN."""
+    path = label_path(root, "train", 2)
+    label = json.loads(path.read_text())
+    label["landmarks"][43] = [value, label["landmarks"][43][1]]
+    path.write_text(json.dumps(label))  # json writes NaN and Infinity as the real file does
+    assert convert(root, tmp_path / "ann", DOGFLW_META)["train"] == 5
+    assert f"{path}: landmark 43 is " in capsys.readouterr().err
+    annotation = json.loads((tmp_path / "ann" / "train.json").read_text())["annotations"][2]
+    assert annotation["keypoints"][43 * 3:43 * 3 + 3] == [0.0, 0.0, 0] and annotation["num_keypoints"] == 45
+
+
+def test_two_images_of_one_name_are_reported_not_guessed(root, tmp_path, capsys):
+    image = root / "train" / "images" / "train_0001.png"
+    Image.open(image).save(image.with_suffix(".jpg"))
+    assert convert(root, tmp_path / "ann", DOGFLW_META)["train"] == 4
+    err = capsys.readouterr().err
+    assert "train_0001.json: one label for the images train_0001.jpg, train_0001.png" in err
 
 
 def test_missing_files_and_unreadable_image_are_reported(root, tmp_path, capsys):
@@ -171,10 +192,13 @@ def test_fuzzed_labels_are_skipped_with_a_reason_never_a_traceback(tmp_path, cap
         path.write_bytes(fuzzed_label(json.loads(path.read_text()), rng))
     counts = convert(root, tmp_path / "ann", SMALL_META)
     problems = capsys.readouterr().err.strip().splitlines()
-    assert sorted(line.split(": ")[0] for line in problems) == sorted(str(p) for p in fuzzed)
-    repaired = sum("repaired from the landmarks" in line for line in problems)  # a broken box: kept, repaired
-    assert repaired > 0 and counts == {"train": 4 + repaired, "test": 2}
-    assert len(json.loads((tmp_path / "ann" / "train.json").read_text())["annotations"]) == 4 + repaired
+    assert {line.split(": ")[0] for line in problems} == {str(p) for p in fuzzed}  # each named, none twice left out
+    kept_notes = ("repaired from the landmarks", "marked not labelled", "put in order", "cut at its edge")
+    left_out = [line for line in problems if not any(note in line for note in kept_notes)]
+    assert len({line.split(": ")[0] for line in left_out}) == len(left_out)
+    kept = len(fuzzed) - len(left_out)  # a broken box (repaired) or a non-finite point (unlabelled): kept
+    assert kept > 0 and counts == {"train": 4 + kept, "test": 2}
+    assert len(json.loads((tmp_path / "ann" / "train.json").read_text())["annotations"]) == 4 + kept
 
     out = tmp_path / "strict"
     code = convert_mod.main(["--dogflw_root", str(root), "--meta", str(write_meta(tmp_path, SMALL_META)),
@@ -261,7 +285,9 @@ def test_an_exif_rotated_jpeg_is_measured_as_displayed_and_cropped_upright(tmp_p
     ([0, 0, 0, 50], "box has zero size"),
     (["80", "70", "10", "5"], None),  # inverted corners: put in order, and it fits the face
     ([500, 500, 600, 600], "lies outside the 96x96 image"),
-    ([0, 0, 20, 20], "misses the face (0 of 46 landmarks in it)"),
+    ([0, 0, 20, 20], "misses the face (0 of 46 landmarks in it"),
+    ([-5000, -5000, 5000, 5000], "times the landmarks' extent (at most 4)"),  # a forged box on the image
+    ("most inside", "misses the face (44 of 46 landmarks in it, 2 far outside)"),  # grown by a quarter it held them
 ])
 def test_a_box_that_cannot_be_trusted_is_repaired_from_the_landmarks(root, tmp_path, capsys, box, problem):
     path = label_path(root, "test", 1)
@@ -269,6 +295,12 @@ def test_a_box_that_cannot_be_trusted_is_repaired_from_the_landmarks(root, tmp_p
     good = [float(v) for v in label["bounding_boxes"]]
     if problem is None:
         box = [good[2], good[3], good[0], good[1]]
+    if box == "most inside":
+        points = np.array(label["landmarks"])
+        side = good[2] - good[0]
+        label["landmarks"][0] = [good[0] - 0.2 * side, points[0][1]]  # two points a fifth of the box outside
+        label["landmarks"][1] = [good[2] + 0.2 * side, points[1][1]]
+        box = good
     label["bounding_boxes"] = box
     path.write_text(json.dumps(label))
     assert convert(root, tmp_path / "ann", DOGFLW_META)["test"] == 3  # the test split keeps every image
@@ -276,11 +308,32 @@ def test_a_box_that_cannot_be_trusted_is_repaired_from_the_landmarks(root, tmp_p
     bbox = json.loads((tmp_path / "ann" / "test.json").read_text())["annotations"][1]["bbox"]
     x1, y1, w, h = bbox
     if problem is None:
-        assert err == "" and [x1, y1, x1 + w, y1 + h] == pytest.approx(good)
+        assert f"{path}: box" in err and "has its corners inverted: put in order" in err
+        assert [x1, y1, x1 + w, y1 + h] == pytest.approx(good)
+    elif box is good:  # the two moved points widen the landmarks' extent
+        assert f"{path}: " in err and problem in err and "repaired from the landmarks" in err
     else:
         assert f"{path}: " in err and problem in err and "repaired from the landmarks" in err
         # padded around the landmarks as the split's good boxes are (make_faces pads by 10 % of the face)
         assert [x1, y1, x1 + w, y1 + h] == pytest.approx(good, abs=2.0)
+
+
+def test_a_box_past_the_image_edge_is_cut_there_and_reported(root, tmp_path, capsys):
+    path = label_path(root, "train", 3)
+    label = json.loads(path.read_text())
+    x1, y1, x2, y2 = (float(v) for v in label["bounding_boxes"])
+    label["bounding_boxes"] = [x1, y1, 96 + 0.3 * (x2 - x1), y2]  # the face fits, the box reaches past the right edge
+    path.write_text(json.dumps(label))
+    convert(root, tmp_path / "ann", DOGFLW_META)
+    out, err = capsys.readouterr()
+    assert f"{path}: box" in err and "reaches past the 96x96 image by" in err and "cut at its edge" in err
+    bx, by, bw, bh = json.loads((tmp_path / "ann" / "train.json").read_text())["annotations"][3]["bbox"]
+    assert bx + bw == pytest.approx(95.5) and "1 boxes cut at the image edge" in out
+
+
+def test_without_good_boxes_a_repair_pads_as_dogflws_train_boxes(tmp_path):
+    from dogflw import DOGFLW_BOX_PADDING, box_padding_of
+    assert box_padding_of([], []).tolist() == list(DOGFLW_BOX_PADDING) == [0.12, 0.16, 0.14, 0.17]
 
 
 def test_one_problem_shared_by_many_files_is_summarised(tmp_path, capsys):

@@ -1,0 +1,42 @@
+"""The project's one image reader, and the file extensions of images and videos it takes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".3gp", ".ts", ".mts",
+                    ".wmv", ".flv")
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # PIL's modes of 16-bit, 32-bit and float images
+
+
+def to_8_bit(image: Image.Image, path: str | Path) -> Image.Image:
+    """A 16-bit, 32-bit or float single-channel image as 8-bit grey, scaled by its bit depth
+    (PIL's own conversion clips such images to white)."""
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all() or values.min() < 0:
+        raise DataError(f"{path}: cannot read image (mode {image.mode} with negative or non-finite pixel values)")
+    top = 65535.0 if image.mode.startswith("I") and values.max() <= 65535 else max(values.max(), 1.0)
+    if image.mode == "F" and values.max() <= 1.0:
+        top = 1.0
+    return Image.fromarray(np.round(values * (255.0 / top)).astype(np.uint8), mode="L")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image as an RGB uint8 array, turned upright as its EXIF orientation says (as image viewers
+    show it and as the converter measures it); 16-bit images are scaled to 8 bits, not clipped.
+    DataError names the file that cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in HIGH_DEPTH_MODES:
+                image = to_8_bit(image, path)
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: cannot read image (no such file)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's "not an image"
+        raise DataError(f"{path}: cannot read image ({type(err).__name__})") from None
