@@ -182,3 +182,21 @@ def tiny_detector(tiny_run, tmp_path_factory) -> Path:
                                 "--batch-size", "4", "--num-workers", "0", "--min-size", "64", "--max-size", "96",
                                 "--work-dir", str(run)]) == 0
     return run / "best.pth"
+
+
+@pytest.fixture(scope="session")
+def toy_train_json(tmp_path_factory) -> Path:
+    """train.json of 6 small faces (SMALL_META, 128 px images) beside a val.json of 2."""
+    from dogflw import convert
+    root = make_faces(tmp_path_factory.mktemp("toy"), {"train": 6, "val": 2}, SMALL_META, image_size=128)
+    convert(root, root / "ann", SMALL_META)
+    return root / "ann" / "train.json"
+
+
+def coco_copy(ann_file: Path, tmp_path: Path, change) -> Path:
+    """A copy of a COCO file with `change(coco)` applied."""
+    coco = json.loads(ann_file.read_text())
+    change(coco)
+    path = tmp_path / "changed.json"
+    path.write_text(json.dumps(coco))
+    return path

@@ -214,3 +214,6 @@ def test_with_the_detector_each_face_takes_its_best_overlapping_detection_and_mi
     assert metrics["missed_images"] == [dataset.records[3]["file"]]
     failures = metrics["failure_rate_10"] / 100 * 7
     assert metrics["failure_rate_10_with_missed"] == pytest.approx((failures + 1) / 8 * 100)
+    assert metrics["unmatched_detections"] == 7 and metrics["detections_per_image"] == pytest.approx(14 / 8)
+    assert metrics["images_with_unmatched_detections"] == sorted(r["file"] for i, r in enumerate(dataset.records)
+                                                                 if i != 3)  # each decoy is a false positive

@@ -1,5 +1,7 @@
 import csv
 import json
+import os
+import signal
 from pathlib import Path
 
 import cv2
@@ -9,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from conftest import BROKEN_CHECKPOINTS, break_video_frame, run_cli, two_face_scene, write_broken_checkpoint, write_video
 from dataset import LandmarkDataset, collate_readable
-from images import read_image
+from images import VIDEO_EXTENSIONS, read_image
 from evaluate import predict_dataset
 from model import load_landmark_model
 from tools import predict
@@ -262,3 +264,88 @@ def test_checkpoints_of_the_wrong_kind_are_one_line(tiny_run, tiny_detector, tmp
     assert predict.main(["--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]),
                          image, "--out", str(tmp_path / "b")]) == 1
     assert "a landmarks checkpoint, where a face detector checkpoint" in capsys.readouterr().err
+
+
+def a_photo_and_a_video(tiny_run, folder: Path) -> Path:
+    """A folder with one photo (face.png) and one 6-frame video (clip.avi)."""
+    folder.mkdir()
+    (folder / "face.png").write_bytes((tiny_run["root"] / "val" / "images" / "val_0000.png").read_bytes())
+    write_video(folder / "clip.avi", moving_two_faces(tiny_run["root"], frames=6)[0])
+    return folder
+
+
+def test_finished_inputs_are_skipped_and_overwrite_redoes_them(tiny_run, tmp_path, capsys):
+    inputs, out = a_photo_and_a_video(tiny_run, tmp_path / "in"), tmp_path / "out"
+    args = ["--checkpoint", str(tiny_run["checkpoint"]), str(inputs), "--out", str(out), "--device", "cpu"]
+    predict_ok(*args)
+    (out / "face.json").write_text('{"kept": true}')  # a result the user has, e.g. edited by hand
+    (out / "clip.csv").write_text("kept\n")
+    capsys.readouterr()
+    predict_ok(*args)
+    said = capsys.readouterr().out
+    assert f"{inputs / 'face.png'}: done already" in said and f"{inputs / 'clip.avi'}: done already" in said
+    assert (out / "face.json").read_text() == '{"kept": true}' and (out / "clip.csv").read_text() == "kept\n"
+    predict_ok(*args, "--overwrite")
+    assert "faces" in load_result(out, "face") and (out / "clip.csv").read_text().startswith("frame,time_s")
+
+
+def test_an_interrupted_folder_run_keeps_finished_videos_leaves_nothing_of_the_unfinished_and_continues(
+        tiny_run, tmp_path, monkeypatch, capsys):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    frames = moving_two_faces(tiny_run["root"], frames=6)[0]
+    for name in ("a.avi", "b.avi", "c.avi"):
+        write_video(inputs / name, frames)
+    real_analyze, calls = predict.analyze_video, []
+
+    def ctrl_c_during_the_second(path, *rest):
+        calls.append(path.name)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # seen after its first batch of frames
+        return real_analyze(path, *rest)
+    monkeypatch.setattr(predict, "analyze_video", ctrl_c_during_the_second)
+    args = ["--checkpoint", str(tiny_run["checkpoint"]), str(inputs), "--out", str(out), "--device", "cpu",
+            "--batch-size", "2"]
+    assert predict.main(args) == 130
+    err = capsys.readouterr().err
+    assert "1 input(s) done and complete" in err and f"not done (nothing of them written): {inputs / 'b.avi'}, " \
+        f"{inputs / 'c.avi'}" in err
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"a{end}" for end in (
+        ".csv", "_dlc.csv", "_filtered.csv", "_dlc_filtered.csv", "_summary.json"))  # no partial b, no staging left
+    monkeypatch.undo()
+    predict_ok(*args)  # the same command continues the folder
+    said = capsys.readouterr().out
+    assert f"{inputs / 'a.avi'}: done already" in said
+    assert all((out / f"{name}_summary.json").exists() for name in "abc")
+    rows = (out / "b.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in rows] == list(range(6))
+
+
+def test_a_broken_video_of_the_same_name_leaves_the_good_ones_outputs_alone(tiny_run, tmp_path, capsys):
+    video, out = tmp_path / "clip.avi", tmp_path / "out"
+    write_video(video, moving_two_faces(tiny_run["root"], frames=6)[0])
+    args = ["--checkpoint", str(tiny_run["checkpoint"]), str(video), "--out", str(out), "--device", "cpu"]
+    predict_ok(*args, "--save-video")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
+    assert predict.main([*args, "--save-video", "--overwrite"]) == 1
+    assert "clip.avi: cannot open it as a video" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and "clip_labelled.mp4" in before
+
+
+def test_every_video_extension_in_a_folder_is_taken_as_a_video(tmp_path):
+    for name in ("a.3gp", "b.ts", "c.MOV", "d.mkv", "e.JPG", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    files, problems = predict.list_inputs([str(tmp_path)])
+    assert sorted(p.name for p in files) == ["a.3gp", "b.ts", "c.MOV", "d.mkv", "e.JPG"] and not problems
+    assert {p.name for p in files if p.suffix.lower() in VIDEO_EXTENSIONS} == {"a.3gp", "b.ts", "c.MOV", "d.mkv"}
+
+
+def test_a_photo_without_a_face_gets_its_json_and_no_regions_folder(tiny_run, tmp_path, monkeypatch):
+    photo = tiny_run["root"] / "val" / "images" / "val_0000.png"
+    monkeypatch.setattr(predict, "FaceDetector", lambda checkpoint, device: type("Nothing", (), {
+        "boxes": lambda self, images, threshold: [(np.zeros((0, 4)), np.zeros(0)) for _ in images]})())
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", "any.pth", str(photo), "--out",
+               str(tmp_path / "out"), "--device", "cpu", "--crop-regions")
+    assert load_result(tmp_path / "out", "val_0000")["faces"] == []
+    assert not (tmp_path / "out" / "val_0000_regions").exists()

@@ -24,6 +24,7 @@ from model import MIRROR_OFFSET_LR_MULT, LandmarkModel
 from tools.benchmark import synthetic_batch
 from coco_files import DOGFLW_META
 from dogflw import convert, prepare_annotations
+from errors import DataError
 
 SMALL_RUN = ["--backbone", "resnet18", "--input-size", "64", "--no-pretrained", "--batch-size", "8",
              "--num-workers", "0"]
@@ -71,6 +72,17 @@ def test_bad_data_root_gives_one_clear_line(tmp_path):
                      str(tmp_path / "ann"), *SMALL_RUN, "--work-dir", str(tmp_path / "run"), check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "nowhere" in result.stderr
+
+
+@pytest.mark.parametrize("made", [False, True])
+def test_a_mistyped_ann_root_says_what_to_give_and_downloads_nothing(tmp_path, made, monkeypatch):
+    typo = tmp_path / "anotations"
+    if made:
+        typo.mkdir()
+    monkeypatch.setattr("dogflw.download_dogflw", lambda: pytest.fail("a typo must not start a download"))
+    with pytest.raises(DataError, match=f"--ann-root {typo}: {'has no train.json' if made else 'no such folder'}; "
+                                        "give the folder tools/convert_dogflw_to_coco.py wrote"):
+        prepare_annotations(typo, None)
 
 
 def test_optimizer_rates_and_decay_per_parameter():
@@ -445,3 +457,57 @@ def test_the_recipe_trains_the_full_backbones_at_256_with_dogflws_46_landmarks(b
     stride = 2 if "--heatmap-stride" in recipe_flags else 4
     with torch.no_grad():
         assert model.eval()(batch["image"].float()).shape == (2, 46, 256 // stride, 256 // stride)
+
+
+def test_resume_into_a_folder_holding_another_run_is_refused_and_into_a_new_one_carries_the_record(
+        toy_ann, uninterrupted_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert train_simple.main(toy_args(toy_ann, other, "--epochs", "1")) == 0
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    capsys.readouterr()
+    code = train_simple.main(["--resume", str(uninterrupted_run / "last.pth"), "--epochs", "4", "--work-dir", str(other)])
+    assert code == 1 and "holds a run already" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before  # the other run is untouched
+    fresh = tmp_path / "fresh"
+    assert train_simple.main(["--resume", str(uninterrupted_run / "last.pth"), "--epochs", "4",
+                              "--work-dir", str(fresh)]) == 0
+    assert [r["epoch"] for r in run_utils.MetricsLog(fresh / "metrics.jsonl").read()] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in run_utils.MetricsLog(uninterrupted_run / "metrics.jsonl").read()] == [1, 2, 3]
+
+
+def test_best_pth_is_chosen_on_val_and_the_test_file_scored_once_at_the_end(toy_ann, tmp_path, capsys):
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    for name in ("train", "val"):
+        (ann / f"{name}.json").write_bytes((toy_ann / f"{name}.json").read_bytes())
+    (ann / "test.json").write_bytes((toy_ann / "val.json").read_bytes())
+    assert train_simple.main(toy_args(ann, tmp_path / "run", "--epochs", "1")) == 0
+    out = capsys.readouterr().out
+    assert f"test NME_IOD of best.pth (chosen on {ann / 'val.json'})" in out
+    assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["ann"] == str(ann / "test.json")
+    (ann / "val.json").unlink()  # train and test only, as DogFLW: --val-fraction 0 selects on the test file
+    assert train_simple.main(toy_args(ann, tmp_path / "on_test", "--epochs", "1", "--val-fraction", "0")) == 0
+    assert "train / 8 val images" in capsys.readouterr().out and not (tmp_path / "on_test" / "test_metrics.json").exists()
+
+
+def test_init_from_a_checkpoint_takes_its_weights_with_the_same_and_with_other_landmarks(
+        toy_ann, uninterrupted_run, dogflw_root, tmp_path, capsys):
+    source = torch.load(uninterrupted_run / "best.pth", weights_only=False)["model"]
+    args = train_simple.parse_args(toy_args(toy_ann, tmp_path / "same", "--init-from",
+                                            str(uninterrupted_run / "best.pth")))
+    same = train_simple.create_model(args, 8, checkpoint=None)
+    assert all(torch.equal(value, source[name]) for name, value in same.state_dict().items())
+    convert(dogflw_root, tmp_path / "ann46", DOGFLW_META)
+    args = train_simple.parse_args(["--ann-root", str(tmp_path / "ann46"), "--init-from",
+                                    str(uninterrupted_run / "best.pth"), "--input-size", "64"])
+    assert args.backbone == "resnet18"  # the architecture is the checkpoint's
+    other = train_simple.create_model(args, 46, checkpoint=None)
+    state = other.state_dict()
+    assert "8 landmarks there, 46 here: new codec, head.6" in capsys.readouterr().out
+    assert all(torch.equal(state[name], value) for name, value in source.items() if name.startswith("backbone."))
+    assert state["head.6.weight"].shape[0] == 46 and torch.equal(state["head.0.weight"], source["head.0.weight"])
+    with pytest.raises(train_simple.UsageError, match="--backbone hrnet_w32: --init-from .* has resnet18"):
+        train_simple.parse_args(toy_args(toy_ann, tmp_path / "x", "--init-from", str(uninterrupted_run / "best.pth"),
+                                         "--backbone", "hrnet_w32"))
+    assert train_simple.main(toy_args(toy_ann, tmp_path / "trained", "--epochs", "1", "--init-from",
+                                      str(uninterrupted_run / "best.pth"))) == 0

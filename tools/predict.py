@@ -205,9 +205,9 @@ def write_photo_outputs(staging: Staging, path: Path, stem: str, image: np.ndarr
 
 
 def predict_photos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out_dir: Path, args: argparse.Namespace,
-                   box_table: dict[str, np.ndarray], problems: list[str], stop: StopRequest) -> list[Path]:
-    """Faces and landmarks of every photo, a batch at a time; returns the photos done."""
-    done = []
+                   box_table: dict[str, np.ndarray], problems: list[str], stop: StopRequest, done: list[Path]) -> None:
+    """Faces and landmarks of every photo, a batch at a time; each photo done is added to `done`
+    as its outputs land (so that an interruption knows them)."""
     with tqdm(total=len(jobs), desc="photos", unit="img", dynamic_ncols=True) as progress:
         for start in range(0, len(jobs), args.batch_size):
             if stop.signal_name is not None:
@@ -228,20 +228,18 @@ def predict_photos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out
                     staging.commit(last=f"{stem}.json")
                 done.append(path)
             progress.update(len(chunk))
-    return done
 
 
 def predict_videos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out_dir: Path, args: argparse.Namespace,
-                   problems: list[str], stop: StopRequest) -> list[Path]:
-    """The tables (and labelled video) of every video, each moved into place when complete;
-    returns the videos done."""
+                   problems: list[str], stop: StopRequest, done: list[Path]) -> None:
+    """The tables (and labelled video) of every video, each moved into place when complete and
+    then added to `done`."""
     filter_options = None if args.no_filter else FilterOptions(
         args.filter_min_confidence, args.filter_max_jump, args.filter_max_gap, args.filter_window,
         method=args.filter_method)
     options = VideoOptions(args.detect_every, args.batch_size, args.region_size if args.crop_regions else 0,
                            filter=filter_options, save_video=args.save_video, pcutoff=args.pcutoff,
                            scorer=Path(args.checkpoint).resolve().parent.name)
-    done = []
     for path, stem in jobs:
         try:
             with Staging(out_dir, stem) as staging:
@@ -258,7 +256,6 @@ def predict_videos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out
         for problem in summary.problems:
             print(f"warning: {path}: {problem}", file=sys.stderr)
         done.append(path)
-    return done
 
 
 def skip_finished(jobs: list[tuple[Path, str]], out_dir: Path, overwrite: bool) -> list[tuple[Path, str]]:
@@ -298,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     done = []
     try:
         with StopRequest("stopping after this batch; finished inputs stay complete") as stop:
-            done += predict_photos(photos, landmarker, out_dir, args, box_table, problems, stop) if photos else []
-            done += predict_videos(videos, landmarker, out_dir, args, problems, stop) if videos else []
+            if photos:
+                predict_photos(photos, landmarker, out_dir, args, box_table, problems, stop, done)
+            if videos:
+                predict_videos(videos, landmarker, out_dir, args, problems, stop, done)
     except Interrupted as stopped:
         left = [str(p) for p, _ in photos + videos if p not in done]
         raise Interrupted(f"{stopped}: {len(done)} input(s) done and complete in {out_dir}; not done (nothing of "

@@ -1,0 +1,30 @@
+"""The one image reader: upright as displayed, 8-bit RGB from any depth, one line for what it cannot read."""
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from errors import DataError
+from images import read_image
+
+
+def test_the_one_image_reader_turns_an_exif_rotated_jpeg_upright(tmp_path):
+    upright = np.zeros((60, 40, 3), dtype=np.uint8)  # 40 wide, 60 tall as displayed
+    upright[:10, :, 0] = 255  # a red band along the top
+    stored = np.rot90(upright, k=1)  # stored turned a quarter left; EXIF orientation 6 turns it back
+    exif = Image.Image.getexif(Image.new("RGB", (1, 1)))
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    image = read_image(tmp_path / "rotated.jpg")
+    assert image.shape == (60, 40, 3) and image[:8, :, 0].mean() > 200 and image[20:, :, 0].mean() < 40
+    with pytest.raises(DataError, match="cannot read image"):
+        read_image(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("depth", ["16-bit grey", "16-bit colour"])
+def test_a_16_bit_png_is_scaled_to_8_bits_not_read_as_white(tmp_path, depth):
+    ramp = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), ramp if depth == "16-bit grey" else np.stack([ramp] * 3, axis=-1))
+    image = read_image(tmp_path / "deep.png")
+    assert image.dtype == np.uint8 and image.shape == (48, 64, 3)
+    np.testing.assert_allclose(image[..., 0].astype(float), ramp / 257.0, atol=1.0)  # 0 .. 255 as the ramp goes
