@@ -24,7 +24,6 @@ import copy
 import json
 import os
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -49,7 +48,7 @@ from run_utils import (broadcast_buffers, broadcast_from_rank0, given_flags, ign
                        setup_distributed)
 from training import (RESUME_MAY_CHANGE as RUN_MAY_CHANGE, EpochResult, Run, StepResult, add_run_flags,
                       autocast_dtype, finish_epoch, gradient_scaler, optimise, parse_run, run_epochs, run_folder,
-                      schedule, train_epoch)
+                      schedule)
 from visualize import plot_training_curves
 
 AUGMENTATION_LIMITS = {"scale": (0, 0.9), "rotation": (0, 180), "shift": (0, 1), "flip_prob": (0, 1),
@@ -497,13 +496,7 @@ def train(args: argparse.Namespace, checkpoint: dict | None = None) -> float:
         checkpoint = read_checkpoint(args.resume, LANDMARKS)
     run, data, start = set_up(args, checkpoint)
 
-    def one_epoch(epoch: int, start_batch: int, stop) -> None:
-        started = time.time()
-        trained = train_epoch(run, data.train_loader, epoch, start_batch, stop,
-                              lambda batch, stop_now: train_step(run, batch, stop_now))
-        validate(run, data, epoch, trained, started)
-
-    run_epochs(run, start, one_epoch)
+    run_epochs(run, data, start, train_step, validate)
     if run.is_main and (run.work_dir / "metrics.jsonl").exists():
         plot_training_curves(run.work_dir / "metrics.jsonl", run.work_dir / "curves.png")
     if data.test_file is not None:

@@ -334,15 +334,19 @@ def finish_epoch(run: Run, epoch: int, trained: EpochResult, score: float, recor
         run.log(f"warning: {path}: cannot read image; skipped")
 
 
-def run_epochs(run: Run, start: tuple[int, int], one_epoch: Callable[[int, int, StopRequest], None]) -> None:
-    """The epoch loop from `start` (epoch, batch): `one_epoch(epoch, start_batch, stop)` trains and
-    finishes an epoch. A stop request (Ctrl-C, SIGTERM) or a halt saves last.pth where the run
+def run_epochs(run: Run, data, start: tuple[int, int], step: Callable, validate: Callable) -> None:
+    """The epoch loop from `start` (epoch, batch): each epoch trains on `data.train_loader` with the
+    trainer's `step(run, batch, stop_requested)` and ends with its `validate(run, data, epoch,
+    trained, started)`. A stop request (Ctrl-C, SIGTERM) or a halt saves last.pth where the run
     stands and ends in the halt's one-line error."""
     first_epoch, start_batch = start
     try:
         with StopRequest() as stop:
             for epoch in range(first_epoch, run.args.epochs + 1):
-                one_epoch(epoch, start_batch, stop)
+                started = time.time()
+                trained = train_epoch(run, data.train_loader, epoch, start_batch, stop,
+                                      lambda batch, stop_now: step(run, batch, stop_now))
+                validate(run, data, epoch, trained, started)
                 start_batch = 0
                 if sum_across_ranks([float(stop.signal_name is not None)], run.device)[0] > 0:
                     raise RunHalted(Interrupted(

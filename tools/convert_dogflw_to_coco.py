@@ -1,15 +1,6 @@
 """Convert DogFLW (per-image JSON labels) into COCO keypoint files, one per split.
 
-Layout read: ROOT/<split>/images/NAME.{png,jpg,...} beside ROOT/<split>/labels/NAME.json,
-each label being {"landmarks": [[x, y], ...], "bounding_boxes": [x1, y1, x2, y2]} (the key
-may be "labels"; box values may be strings). Every split folder found is written as
-OUT_DIR/<split>.json (train.json and test.json for DogFLW).
-
-Coordinates are in the image as displayed (its EXIF orientation applied, as every reader of this
-project does). A landmark that is not labelled is [x, y, 0] (or 0 in a "visibility" list beside
-"landmarks") and becomes COCO visibility 0. A label or image that cannot be used is left out and
-reported; a face box that cannot be trusted (malformed, inverted, outside the image, missing the
-landmarks) is repaired from the landmarks and reported: no image is dropped for its box.
+What is read, checked and repaired: dogflw.py's docstring, and the README's "Converter".
 
     python tools/convert_dogflw_to_coco.py --download
     python tools/convert_dogflw_to_coco.py --dogflw-root DIR --out-dir data/dogflw/annotations

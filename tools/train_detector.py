@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar
@@ -39,8 +38,7 @@ from face_boxes import FaceBoxes, SceneAugmentation, collate_images  # noqa: E40
 from outputs import check_writable  # noqa: E402
 from run_utils import given_flags, ignore_ctrl_c, pick_device, seed_everything  # noqa: E402
 from training import (RESUME_MAY_CHANGE, EpochResult, Run, StepResult, add_run_flags, autocast_dtype,  # noqa: E402
-                      finish_epoch, gradient_scaler, optimise, parse_run, run_epochs, run_folder, schedule,
-                      train_epoch)
+                      finish_epoch, gradient_scaler, optimise, parse_run, run_epochs, run_folder, schedule)
 
 MAX_GRAD_NORM = 10.0  # early FCOS losses spike
 SCENE_HELP = {"mosaic_prob": "2 to 4 training images tiled into one canvas",
@@ -222,13 +220,7 @@ def train(args: argparse.Namespace, checkpoint: dict | None = None) -> float:
         checkpoint = read_checkpoint(args.resume, DETECTOR)
     run, data, start = set_up(args, checkpoint)
 
-    def one_epoch(epoch: int, start_batch: int, stop) -> None:
-        started = time.time()
-        trained = train_epoch(run, data.train_loader, epoch, start_batch, stop,
-                              lambda batch, stop_now: train_step(run, batch, stop_now))
-        validate(run, data, epoch, trained, started)
-
-    run_epochs(run, start, one_epoch)
+    run_epochs(run, data, start, train_step, validate)
     return run.best
 
 
