@@ -349,3 +349,28 @@ def test_a_photo_without_a_face_gets_its_json_and_no_regions_folder(tiny_run, tm
                str(tmp_path / "out"), "--device", "cpu", "--crop-regions")
     assert load_result(tmp_path / "out", "val_0000")["faces"] == []
     assert not (tmp_path / "out" / "val_0000_regions").exists()
+
+
+def test_a_box_with_negative_corners_is_a_box_not_a_flag():
+    args = predict.parse_args(["--checkpoint", "lm.pth", "dog.jpg", "--bbox", "-20,-25,70,80", "--out", "o"])
+    assert predict.parse_xyxy(args.bbox, "--bbox").tolist() == [-20, -25, 70, 80] and args.inputs == ["dog.jpg"]
+
+
+def test_a_box_for_a_video_is_refused_in_one_line(tiny_run, tmp_path, capsys):
+    video = write_video(tmp_path / "clip.avi", moving_two_faces(tiny_run["root"], frames=2)[0])
+    assert predict.main(["--checkpoint", str(tiny_run["checkpoint"]), str(video), "--bbox", "1,2,30,40",
+                         "--out", str(tmp_path / "out")]) == 1
+    assert "--bbox and --boxes give the faces of photos, not of videos" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_video_where_no_face_is_found_has_a_row_per_frame_and_says_so(tiny_run, tmp_path, monkeypatch):
+    video = write_video(tmp_path / "clip.avi", moving_two_faces(tiny_run["root"], frames=4)[0])
+    monkeypatch.setattr(predict, "FaceDetector", lambda checkpoint, device: type("Nothing", (), {
+        "boxes": lambda self, images, threshold: [(np.zeros((0, 4)), np.zeros(0)) for _ in images]})())
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", "any.pth", str(video), "--out",
+               str(tmp_path / "out"), "--device", "cpu")
+    rows = [line.split(",") for line in (tmp_path / "out" / "clip.csv").read_text().splitlines()[1:]]
+    assert [int(row[0]) for row in rows] == [0, 1, 2, 3] and all(row[2] == "" for row in rows)
+    summary = json.loads((tmp_path / "out" / "clip_summary.json").read_text())
+    assert summary["frames_read"] == 4 and summary["frames_with_a_face"] == 0
