@@ -1,4 +1,4 @@
-"""The project's one image reader, and the file extensions of images and videos it takes."""
+"""The project's one image reader, the file extensions of images and videos it takes, and how inputs are listed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +11,26 @@ from errors import DataError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".3gp", ".ts", ".mts",
                     ".wmv", ".flv")
+
+
+def list_media(inputs: list[str], extensions: tuple[str, ...], kind: str) -> tuple[list[Path], list[str]]:
+    """The files of `extensions` among files and folders (a folder's files, not its subfolders),
+    and one message per input that does not exist or, a folder, holds none (`kind` names them)."""
+    files, problems = [], []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in extensions and p.is_file())
+            files += found
+            if not found:
+                problems.append(f"{path}: no {kind} ({'/'.join(extensions)}) in this folder")
+        elif path.exists():
+            files.append(path)
+        else:
+            problems.append(f"{path}: no such file or folder")
+    return files, problems
+
+
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # PIL's modes of 16-bit, 32-bit and float images
 
 

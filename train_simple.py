@@ -64,8 +64,8 @@ RESUME_MAY_CHANGE = (*RUN_MAY_CHANGE, "meta", "crop_cache", "no_crop_cache", "co
 ARCHITECTURE = ("backbone", "neck_channels", "heatmap_stride")  # what --init-from's checkpoint decides
 
 
-def build_parser() -> CommandLineParser:
-    parser = CommandLineParser(description=__doc__)
+def add_data_flags(parser: CommandLineParser) -> None:
+    """Where the faces come from and how they are cut and augmented."""
     data = parser.add_argument_group("data")
     data.add_argument("--data-root", help="dataset folder (default: the one the annotations record; "
                       "with no annotations yet, DogFLW is converted from here or downloaded)")
@@ -90,6 +90,10 @@ def build_parser() -> CommandLineParser:
     for name, default in vars(Augmentation()).items():
         aug.add_argument(f"--aug-{name.replace('_', '-')}", dest=f"aug_{name}", default=default,
                          type=number_type(float, *AUGMENTATION_LIMITS[name]), help=AUGMENTATION_HELP[name])
+
+
+def add_model_flags(parser: CommandLineParser) -> None:
+    """The network, its loss and its optimisation."""
     net = parser.add_argument_group("model")
     net.add_argument("--backbone", default="hrnet_w32", help="hrnet_w32, tf_efficientnetv2_s or any timm "
                      "model with features_only")
@@ -124,6 +128,12 @@ def build_parser() -> CommandLineParser:
                      help="linear warm-up before the cosine decay")
     opt.add_argument("--ema-decay", type=number_type(float, 0, 1, high_open=True), default=0.999,
                      help="EMA of weights for validation and best.pth; 0 turns it off")
+
+
+def build_parser() -> CommandLineParser:
+    parser = CommandLineParser(description=__doc__)
+    add_data_flags(parser)
+    add_model_flags(parser)
     run = parser.add_argument_group("run")
     add_run_flags(run, "work_dirs/<backbone>_<input-size>", min(8, os.cpu_count() or 1))
     run.add_argument("--compile", action="store_true", help="torch.compile the training forward pass "

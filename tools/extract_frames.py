@@ -42,7 +42,7 @@ from scipy.cluster.vq import kmeans2  # noqa: E402
 from dogflw import keypoint_category  # noqa: E402
 from errors import CommandLineParser, DataError, UsageError, bounded_int, fraction, reports_errors  # noqa: E402
 from filtering import expected_positions  # noqa: E402
-from images import VIDEO_EXTENSIONS  # noqa: E402
+from images import VIDEO_EXTENSIONS, list_media  # noqa: E402
 from inference import FaceDetector, FaceLandmarker, LandmarkPredictor  # noqa: E402
 from outputs import write_json  # noqa: E402
 from video import VideoFrames  # noqa: E402
@@ -53,17 +53,10 @@ MAX_SAMPLES = 2000  # frames of a video k-means looks at (evenly spaced)
 
 
 def list_videos(inputs: list[str]) -> list[Path]:
-    videos = []
-    for name in inputs:
-        path = Path(name)
-        if path.is_dir():
-            videos += sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
-        elif path.is_file():
-            videos.append(path)
-        else:
-            raise DataError(f"{path}: no such file or folder")
-    if not videos:
-        raise DataError(f"no video ({'/'.join(VIDEO_EXTENSIONS)}) in {', '.join(inputs)}")
+    """The videos among files and folders; a missing input, or a folder without a video, is an error."""
+    videos, problems = list_media(inputs, VIDEO_EXTENSIONS, "video")
+    if problems:
+        raise DataError(problems[0])
     return videos
 
 

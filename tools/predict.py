@@ -43,7 +43,7 @@ from tqdm import tqdm  # noqa: E402
 from errors import (CommandLineParser, DataError, Interrupted, UsageError, bounded_int, fraction,  # noqa: E402
                     reports_errors)
 from filtering import METHODS, FilterOptions  # noqa: E402
-from images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_image  # noqa: E402
+from images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_media, read_image  # noqa: E402
 from inference import Face, FaceDetector, FaceLandmarker, LandmarkPredictor, save_region_crops  # noqa: E402
 from outputs import Staging, check_output_folder, write_json  # noqa: E402
 from run_utils import StopRequest  # noqa: E402
@@ -79,22 +79,8 @@ def load_boxes(path: str) -> dict[str, np.ndarray]:
 
 
 def list_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Image and video files from files and folders (a folder's images and videos, not its
-    subfolders), and one message per input that does not exist or holds neither."""
-    known = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
-    files, problems = [], []
-    for name in inputs:
-        path = Path(name)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in known and p.is_file())
-            files += found
-            if not found:
-                problems.append(f"{path}: no image or video ({'/'.join(known)}) in this folder")
-        elif path.exists():
-            files.append(path)
-        else:
-            problems.append(f"{path}: no such file or folder")
-    return files, problems
+    """Image and video files from files and folders, and one message per input that holds neither."""
+    return list_media(inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS, "image or video")
 
 
 def output_stems(inputs: list[Path]) -> list[str]:
