@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 25: the frame loop on the faces68 clips (frames alone); run from the repository root.
+# Issue 25: the frame loop on the faces68 clips; run from the repository root after videos.sh.
 set -u
 source .venv/bin/activate
 t() { local s=$(date +%s); "$@"; echo "[$(( $(date +%s) - s )) s: $*]"; }
@@ -13,6 +13,6 @@ t python train_simple.py --ann-root $W/ann --init-from $L --backbone resnet18 --
 grep "^epoch\|started from\|init" work_dirs/logs/loop.log | tail -3
 mkdir -p $W/other; for c in 03 04 05; do ln -sf $PWD/$V/clip$c.mp4 $W/other/; cp $V/clip$c.truth.csv $W/other/; done
 t python tools/predict.py --checkpoint $W/run/best.pth --detector $D $W/other/clip03.mp4 $W/other/clip04.mp4 $W/other/clip05.mp4 --out $W/after --no-filter --device cpu 2>&1 | grep -v "it/s\|batch/s" | tail -4
-t python tools/predict.py --checkpoint $L --detector $D $W/other/clip03.mp4 $W/other/clip04.mp4 $W/other/clip05.mp4 --out $W/before --no-filter --device cpu 2>&1 | grep -v "it/s\|batch/s" | tail -2
+mkdir -p $W/before; for c in 03 04 05; do cp work_dirs/videos/b16/clip$c.csv $W/before/; done
 echo "== before"; python ../shared/tools/score_videos.py --truth $W/other --pred $W/before --meta ../shared/data/faces68/meta.json
 echo "== after"; python ../shared/tools/score_videos.py --truth $W/other --pred $W/after --meta ../shared/data/faces68/meta.json
