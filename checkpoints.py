@@ -3,7 +3,8 @@
 A landmark checkpoint (`kind` "landmarks", written by train_simple.py) is a dict:
 - `format` (CHECKPOINT_FORMAT) and `kind`;
 - `model_config`: LandmarkModel's constructor arguments; `model`: the inference weights (the EMA);
-- `crop`: {"input_size", "box_padding"}, how face crops are cut for this model (geometry.CropGeometry);
+- `crop`: {"input_size", "box_padding", "face_padding"}, how face crops are cut for this model and how
+  its training boxes sit around their landmarks (geometry.CropGeometry; no face_padding before refining existed);
 - `keypoint_meta`: keypoint names, flip_index, iod_pair, regions;
 - `epoch`, `best_nme`, `metrics` (the last validation) and `args` (the training arguments);
 - for resuming: `train_model`, `optimizer`, `scheduler`, `scaler`, `next_batch`, `torch_rng`, `cuda_rng`.

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, Sampler, default_collate
 from coco_files import load_coco
 from crop_cache import CropCache, cache_key, open_crop_cache
 from errors import DataError
-from geometry import CropGeometry, apply_affine, compose_affine, flip_points, invert_affine
+from geometry import CropGeometry, apply_affine, compose_affine, flip_points, invert_affine, padding_around, points_extent
 from images import read_image
 
 cv2.setNumThreads(1)  # parallelism comes from DataLoader workers
@@ -52,6 +52,13 @@ def augmentation_reach(aug: Augmentation | None) -> float:
     return (1 + aug.scale) * (math.cos(angle) + math.sin(angle) + 2 * aug.shift)
 
 
+def face_padding_of(records: list[dict]) -> tuple[float, float, float, float] | None:
+    """How the records' face boxes sit around their labelled landmarks (geometry.padding_around)."""
+    labelled = [(r["box"], points_extent(r["keypoints"][r["labelled"]])) for r in records if r["labelled"].sum() >= 2]
+    padding = padding_around([box for box, _ in labelled], [extent for _, extent in labelled])
+    return None if padding is None else tuple(float(v) for v in padding)
+
+
 class LandmarkDataset(Dataset):
     """Face crops and their landmarks from one COCO keypoints file, cut by `geometry`.
 
@@ -71,7 +78,7 @@ class LandmarkDataset(Dataset):
         if root is None:
             raise DataError(f"{ann_file}: names no data root; pass --data-root")
         self.data_root = Path(root)
-        self.geometry = CropGeometry(input_size, padding)
+        self.geometry = CropGeometry(input_size, padding, face_padding_of(self.records))
         self.augmentation = augmentation
         self.seed = seed
         self.cache: CropCache | None = None

@@ -26,6 +26,7 @@ import numpy as np
 
 from coco_files import DOGFLW_META, held_out_ids, split_coco
 from errors import DataError
+from geometry import box_around, padding_around, points_extent
 from images import IMAGE_EXTENSIONS, read_image
 from outputs import write_json
 
@@ -180,18 +181,10 @@ def clipped_to_image(box: list[float], width: int, height: int) -> tuple[list[fl
 
 
 def box_padding_of(boxes: list[list[float]], extents: list[np.ndarray]) -> np.ndarray:
-    """Median padding of good boxes around their landmarks' extent, as fractions of the extent's
-    width and height: (left, top, right, bottom). DogFLW's typical padding when there are none."""
-    ratios = [[(e[0] - b[0]) / (e[2] - e[0]), (e[1] - b[1]) / (e[3] - e[1]), (b[2] - e[2]) / (e[2] - e[0]),
-               (b[3] - e[3]) / (e[3] - e[1])] for b, e in zip(boxes, extents) if e[2] > e[0] and e[3] > e[1]]
-    return np.median(ratios, axis=0) if ratios else np.array(DOGFLW_BOX_PADDING)
-
-
-def repaired_box(extent: np.ndarray, padding: np.ndarray) -> list[float]:
-    """A face box around the labelled landmarks' extent (x1, y1, x2, y2), padded as the split's good boxes are."""
-    width, height = max(extent[2] - extent[0], 1.0), max(extent[3] - extent[1], 1.0)
-    return [float(extent[0] - padding[0] * width), float(extent[1] - padding[1] * height),
-            float(extent[2] + padding[2] * width), float(extent[3] + padding[3] * height)]
+    """Median padding of good boxes around their landmarks' extent (geometry.padding_around);
+    DogFLW's typical padding when there are none."""
+    padding = padding_around(boxes, extents)
+    return padding if padding is not None else np.array(DOGFLW_BOX_PADDING)
 
 
 def find_splits(root: Path) -> list[Path]:
@@ -241,14 +234,14 @@ def check_boxes(items: list[dict]) -> tuple[list[Finding], np.ndarray]:
     findings, extents, problems = [], [], []
     for item in items:
         points = np.array(item["landmarks"])[np.array(item["flags"]) > 0]
-        extents.append(np.array([*points.min(axis=0), *points.max(axis=0)]))
+        extents.append(points_extent(points))
         problems.append(box_problem(item["box"], points, item["width"], item["height"]))
     good = [(item["box"], extent) for item, extent, problem in zip(items, extents, problems) if problem is None]
     padding = box_padding_of([box for box, _ in good], [extent for _, extent in good])
     for item, extent, problem in zip(items, extents, problems):
         label = item["label"]
         if problem is not None:
-            item["box"] = repaired_box(extent, padding)
+            item["box"] = box_around(extent, padding).tolist()
             findings.append(Finding(label, f"{problem}; repaired from the landmarks to "
                                            f"{[round(v, 1) for v in item['box']]}", "repaired"))
         box, past = clipped_to_image(item["box"], item["width"], item["height"])

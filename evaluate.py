@@ -26,7 +26,7 @@ from tqdm import tqdm
 from coco_files import read_meta_file
 from dataset import LandmarkDataset, collate_readable
 from images import read_image
-from errors import CommandLineParser, DataError, bounded_int, fraction, non_negative_int, reports_errors
+from errors import CommandLineParser, DataError, UsageError, bounded_int, fraction, non_negative_int, reports_errors
 from geometry import box_iou, greedy_match
 from inference import FaceDetector, FaceLandmarker, LandmarkPredictor, predict_crops
 from model import LandmarkModel
@@ -266,6 +266,8 @@ def build_parser() -> CommandLineParser:
                         "finds instead of the annotated ones (faces it misses are counted)")
     parser.add_argument("--score-threshold", type=fraction, default=0.5, help="with --detector, the least score "
                         "of a face")
+    parser.add_argument("--refine", type=bounded_int(0, 10), default=0, metavar="N", help="with --detector, cut "
+                        "each face's crop N more times around the landmarks placed, padded as the training boxes are")
     parser.add_argument("--out", help="write all metrics to this JSON file")
     parser.add_argument("--vis", type=non_negative_int, default=0, metavar="N",
                         help="write ced.png and overlays of the N worst and N random images")
@@ -275,6 +277,8 @@ def build_parser() -> CommandLineParser:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    if args.refine and not args.detector:
+        raise UsageError("--refine recuts the detector's face boxes: give --detector (annotated boxes are scored as given)")
     if args.vis and args.vis_dir is None:
         args.vis_dir = str(Path(args.out or args.checkpoint).parent / "vis")
     return args
@@ -306,14 +310,15 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"{args.ann}: has {dataset.meta['num_keypoints']} landmarks per face, the "
                         f"checkpoint {args.checkpoint} predicts {model.config['num_keypoints']}")
     if args.detector:
-        landmarker = FaceLandmarker(predictor, FaceDetector(args.detector, args.device), args.score_threshold)
+        landmarker = FaceLandmarker(predictor, FaceDetector(args.detector, args.device), args.score_threshold,
+                                    args.refine)
         metrics, pred = evaluate_with_detector(landmarker, dataset, args.batch_size)
     else:
         loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
                             pin_memory=predictor.device.type == "cuda", collate_fn=collate_readable)
         metrics, pred = evaluate(model, loader, predictor.device, args.flip_test)
     metrics.update(checkpoint=str(args.checkpoint), ann=str(args.ann), flip_test=args.flip_test,
-                   detector=args.detector, epoch=predictor.checkpoint.get("epoch"))
+                   detector=args.detector, refine=args.refine, epoch=predictor.checkpoint.get("epoch"))
     for path in metrics["unreadable_images"]:
         print(f"warning: {path}: cannot read image; left out of the metrics", file=sys.stderr)
     print(format_summary(metrics))

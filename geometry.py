@@ -16,7 +16,7 @@ Functions accept NumPy arrays and, where noted, torch tensors.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -27,6 +27,29 @@ def box_to_center_size(box_xyxy: np.ndarray, padding: float) -> tuple[np.ndarray
     x1, y1, x2, y2 = (float(v) for v in box_xyxy)
     center = np.array([(x1 + x2) / 2.0, (y1 + y2) / 2.0])
     return center, max(x2 - x1, y2 - y1) * padding
+
+
+def points_extent(points: np.ndarray) -> np.ndarray:
+    """The box (x1, y1, x2, y2) spanned by points (N, 2)."""
+    points = np.asarray(points, dtype=np.float64)
+    return np.concatenate([points.min(axis=0), points.max(axis=0)])
+
+
+def padding_around(boxes: list, extents: list) -> np.ndarray | None:
+    """Median padding of face boxes around their landmarks' extents (x1, y1, x2, y2 each), as
+    fractions of the extent's width and height: (left, top, right, bottom); None without an
+    extent of some width and height."""
+    ratios = [[(e[0] - b[0]) / (e[2] - e[0]), (e[1] - b[1]) / (e[3] - e[1]), (b[2] - e[2]) / (e[2] - e[0]),
+               (b[3] - e[3]) / (e[3] - e[1])] for b, e in zip(boxes, extents) if e[2] > e[0] and e[3] > e[1]]
+    return np.median(ratios, axis=0) if ratios else None
+
+
+def box_around(extent: np.ndarray, padding) -> np.ndarray:
+    """The face box (x1, y1, x2, y2) around a landmarks' extent, padded by (left, top, right,
+    bottom) fractions of its width and height (padding_around's)."""
+    width, height = max(extent[2] - extent[0], 1.0), max(extent[3] - extent[1], 1.0)
+    return np.array([extent[0] - padding[0] * width, extent[1] - padding[1] * height,
+                     extent[2] + padding[2] * width, extent[3] + padding[3] * height], dtype=np.float64)
 
 
 def crop_affine(center: np.ndarray, size: float, output_size: int, rotation_deg: float = 0.0) -> np.ndarray:
@@ -50,9 +73,12 @@ def crop_affine(center: np.ndarray, size: float, output_size: int, rotation_deg:
 @dataclass(frozen=True)
 class CropGeometry:
     """How a face crop is cut: the face box, enlarged by `box_padding` to a square, fills an
-    input_size x input_size crop. Checkpoints carry it; every reader cuts crops with it."""
+    input_size x input_size crop. Checkpoints carry it; every reader cuts crops with it.
+    `face_padding` (left, top, right, bottom; padding_around's) is how the training boxes sit
+    around their landmarks, so that a box can be drawn again around placed landmarks."""
     input_size: int
     box_padding: float = 1.25
+    face_padding: tuple[float, float, float, float] | None = None
 
     def affine(self, box_xyxy: np.ndarray, scale: float = 1.0, shift: tuple[float, float] = (0.0, 0.0),
                rotation_deg: float = 0.0) -> np.ndarray:
@@ -69,7 +95,14 @@ class CropGeometry:
 
     def enlarged(self, side: int) -> "CropGeometry":
         """The same crops at the same scale on a larger canvas of `side` pixels (the crop cache's)."""
-        return CropGeometry(side, self.box_padding * side / self.input_size)
+        return replace(self, input_size=side, box_padding=self.box_padding * side / self.input_size)
+
+    def box_around_landmarks(self, points: np.ndarray) -> np.ndarray:
+        """The face box a training label would give these landmarks (K, 2): their extent, padded
+        by face_padding."""
+        if self.face_padding is None:
+            raise ValueError("this crop geometry records no face_padding")
+        return box_around(points_extent(points), self.face_padding)
 
 
 def invert_affine(matrix: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from detector import detect_faces, load_detector
+from errors import DataError
 from geometry import apply_affine, crop_affine, from_pixel_edges, invert_affine, warp_image
 from model import LandmarkModel, load_landmark_model
 from run_utils import pick_device
@@ -40,6 +41,7 @@ class LandmarkPredictor:
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", flip_test: bool = False):
         self.model, self.checkpoint, self.crop = load_landmark_model(checkpoint, map_location="cpu")
+        self.path = Path(checkpoint)
         self.device = pick_device(device)
         self.model.to(self.device)
         self.meta = self.checkpoint["keypoint_meta"]
@@ -92,10 +94,17 @@ class FaceLandmarker:
     """Image in, faces with landmarks out: the one path that prediction, `evaluate.py --detector`
     and the video loop share. Faces come from given boxes, else from the detector (those scoring
     at least `threshold`), else the whole image is taken as the face; the landmark model then
-    places the landmarks of all faces of a batch of images in one batch."""
+    places the landmarks of all faces of a batch of images in one batch. Each of `refine` more
+    passes cuts the crops again around the landmarks placed, padded as the model's training boxes
+    are (CropGeometry.box_around_landmarks), for boxes that sit unlike those (a detector's); a
+    face keeps the box it was found with."""
 
-    def __init__(self, predictor: LandmarkPredictor, detector: FaceDetector | None = None, threshold: float = 0.5):
-        self.predictor, self.detector, self.threshold = predictor, detector, threshold
+    def __init__(self, predictor: LandmarkPredictor, detector: FaceDetector | None = None, threshold: float = 0.5,
+                 refine: int = 0):
+        if refine and predictor.crop.face_padding is None:
+            raise DataError(f"{predictor.path}: records no padding of its training boxes around their landmarks "
+                            "(trained before refinement existed), so its boxes cannot be refined; train it again")
+        self.predictor, self.detector, self.threshold, self.refine = predictor, detector, threshold, refine
 
     def find_boxes(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Face boxes and scores per image: the detector's, or the whole image (score 1) without one."""
@@ -114,7 +123,11 @@ class FaceLandmarker:
                 for box, score in zip(image_boxes, scores)]
         result: list[list[Face]] = [[] for _ in images]
         if flat:
-            points, confidence = self.predictor.landmarks([images[i] for i, _, _ in flat], [b for _, b, _ in flat])
+            face_images = [images[i] for i, _, _ in flat]
+            points, confidence = self.predictor.landmarks(face_images, [b for _, b, _ in flat])
+            for _ in range(self.refine):
+                points, confidence = self.predictor.landmarks(
+                    face_images, [self.predictor.crop.box_around_landmarks(p) for p in points])
             for (i, box, score), face_points, face_confidence in zip(flat, points, confidence):
                 result[i].append(Face(np.asarray(box, dtype=np.float64), float(score), face_points, face_confidence))
         return result

@@ -1,8 +1,9 @@
 import numpy as np
 import torch
 
-from geometry import (apply_affine, box_to_center_size, compose_affine, crop_affine, flip_points, heatmap_to_input,
-                      input_to_heatmap, invert_affine, warp_image)
+from geometry import (CropGeometry, apply_affine, box_around, box_to_center_size, compose_affine, crop_affine,
+                      flip_points, heatmap_to_input, input_to_heatmap, invert_affine, padding_around, points_extent,
+                      warp_image)
 
 
 def test_affine_forward_then_inverse_returns_points():
@@ -71,3 +72,13 @@ def test_heatmap_conversion_round_trip_and_edges():
     np.testing.assert_allclose(input_to_heatmap(points[:2], 4), [[-0.5, -0.5], [63.5, 63.5]])
     # mirroring commutes with the change of grid: flip in input = flip in heatmap
     np.testing.assert_allclose(input_to_heatmap(255 - points, 4), 63 - input_to_heatmap(points, 4))
+
+
+def test_a_box_drawn_around_landmarks_with_the_boxes_padding_is_the_box_again():
+    points = np.array([[10.0, 20.0], [50.0, 30.0], [30.0, 60.0]])            # extent 10..50 x 20..60
+    box = np.array([6.0, 12.0, 54.0, 68.0])                                 # 4, 8, 4, 8 px: 10 %, 20 %, 10 %, 20 %
+    padding = padding_around([box], [points_extent(points)])
+    np.testing.assert_allclose(padding, [0.1, 0.2, 0.1, 0.2])
+    np.testing.assert_allclose(box_around(points_extent(points), padding), box)
+    np.testing.assert_allclose(CropGeometry(64, 1.25, tuple(padding)).box_around_landmarks(points + 5), box + 5)
+    assert padding_around([box], [np.array([10.0, 20.0, 10.0, 60.0])]) is None  # no width: no padding to learn

@@ -124,6 +124,8 @@ def build_parser() -> CommandLineParser:
     boxes.add_argument("--bbox", metavar="x1,y1,x2,y2", help="face box for every photo, in pixels")
     boxes.add_argument("--boxes", metavar="boxes.json", help='face box per photo: {"dog.jpg": [x1, y1, x2, y2]}')
     parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's prediction")
+    parser.add_argument("--refine", type=bounded_int(0, 10), default=0, metavar="N", help="cut each face's crop N more "
+                        "times around the landmarks placed, padded as the training boxes are (for rough or detected boxes)")
     parser.add_argument("--crop-regions", action="store_true", help="save a crop of every face region")
     parser.add_argument("--region-size", type=bounded_int(8, 4096), default=96, help="side of a region crop in pixels")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
@@ -274,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.crop_regions and not predictor.meta.get("regions"):
         raise DataError(f"--crop-regions: {args.checkpoint} has no regions in its keypoint metadata")
     detector = FaceDetector(args.detector, args.device) if args.detector else None
-    landmarker = FaceLandmarker(predictor, detector, args.score_threshold)
+    landmarker = FaceLandmarker(predictor, detector, args.score_threshold, args.refine)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     photos, videos = (skip_finished(group, out_dir, args.overwrite) for group in (photos, videos))
