@@ -99,9 +99,7 @@ class CropGeometry:
 
     def box_around_landmarks(self, points: np.ndarray) -> np.ndarray:
         """The face box a training label would give these landmarks (K, 2): their extent, padded
-        by face_padding."""
-        if self.face_padding is None:
-            raise ValueError("this crop geometry records no face_padding")
+        by face_padding (FaceLandmarker refuses to refine without it)."""
         return box_around(points_extent(points), self.face_padding)
 
 
