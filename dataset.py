@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from coco_files import load_coco
-from crop_cache import CropCache, cache_key, open_crop_cache
-from errors import DataError
-from geometry import CropGeometry, apply_affine, compose_affine, flip_points, invert_affine, padding_around, points_extent
-from images import read_image
+from basics.coco_files import load_coco
+from basics.crop_cache import CropCache, cache_key, open_crop_cache
+from basics.errors import DataError
+from basics.geometry import (CropGeometry, apply_affine, compose_affine, flip_points, invert_affine, padding_around,
+                             points_extent)
+from basics.images import read_image
 
 cv2.setNumThreads(1)  # parallelism comes from DataLoader workers
 

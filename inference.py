@@ -12,13 +12,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
 
-from detector import detect_faces, load_detector
-from errors import DataError
-from geometry import apply_affine, crop_affine, from_pixel_edges, invert_affine, warp_image
+from basics.errors import DataError
+from basics.geometry import apply_affine, crop_affine, from_pixel_edges, invert_affine, warp_image
+from basics.metrics import compute_metrics
+from basics.run_utils import pick_device
+from dataset import LandmarkDataset
+from detector.model import detect_faces, load_detector
 from model import LandmarkModel, load_landmark_model
-from run_utils import pick_device
-
 
 MAX_BATCH = 64  # face crops per forward pass of the landmark model
 
@@ -159,3 +162,62 @@ def save_region_crops(image: np.ndarray, faces: list[Face], meta: dict, folder: 
         label = face.face_id if face.face_id is not None else number
         for name, crop in region_crops(image, face, meta["regions"], size).items():
             cv2.imwrite(str(folder / f"{prefix}face{label}_{name}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+
+
+@torch.no_grad()
+def predict_dataset(model: LandmarkModel, loader: DataLoader, device: torch.device,
+                    flip_index: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Landmarks (N, K, 2) in original pixels and confidences (N, K) in dataset order, NaN
+    where the image could not be read, and the paths of those images."""
+    model.eval()
+    num_keypoints = model.config["num_keypoints"]
+    points = np.full((len(loader.dataset), num_keypoints, 2), np.nan)
+    confidence = np.full((len(loader.dataset), num_keypoints), np.nan)
+    unreadable = []
+    for batch in loader:
+        unreadable += batch["unreadable"]
+        if "image" not in batch:
+            continue
+        index = batch["index"].numpy()
+        images = batch["image"].to(device, non_blocking=True).float()
+        points[index], confidence[index] = predict_crops(model, images, batch["affine"].numpy(), flip_index)
+    return points, confidence, unreadable
+
+
+def gather_predictions(pred: np.ndarray, confidence: np.ndarray,
+                       unreadable: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Under DDP each rank predicts its share of the images (NaN rows elsewhere): combine them on
+    every rank. In a single process, returns the arguments."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return pred, confidence, unreadable
+    shares = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, (pred, confidence, unreadable))
+    for share_pred, share_confidence, _ in shares:
+        mine = np.isfinite(share_pred).all(axis=(1, 2))
+        pred[mine], confidence[mine] = share_pred[mine], share_confidence[mine]
+    return pred, confidence, sorted(path for *_, paths in shares for path in paths)
+
+
+def evaluate_loader(model: LandmarkModel, loader: DataLoader, device: torch.device,
+             flip_test: bool = False) -> tuple[dict, np.ndarray]:
+    """Metrics and predictions (original pixels, NaN rows for unreadable images) of a model on an
+    evaluation loader. Unreadable images are left out of the metrics and listed in them."""
+    dataset = loader.dataset
+    meta = dataset.meta
+    pred, confidence, unreadable = predict_dataset(model, loader, device, meta["flip_index"] if flip_test else None)
+    pred, confidence, unreadable = gather_predictions(pred, confidence, unreadable)
+    return scored_metrics(dataset, pred, confidence, unreadable), pred
+
+
+def scored_metrics(dataset: LandmarkDataset, pred: np.ndarray, confidence: np.ndarray, unreadable: list[str]) -> dict:
+    """compute_metrics over the images with a prediction (rows of `pred` that are not NaN)."""
+    meta, scored = dataset.meta, np.isfinite(pred).all(axis=(1, 2))
+    if not scored.any():
+        raise DataError(f"no image of {dataset.ann_file} got a prediction" +
+                        (f" ({len(unreadable)} could not be read, e.g. {unreadable[0]})" if unreadable else ""))
+    gt, boxes, labelled = (np.stack([r[key] for r in dataset.records])[scored]
+                           for key in ("keypoints", "box", "labelled"))
+    metrics = compute_metrics(pred[scored], gt, meta["iod_pair"], boxes, meta["keypoints"], meta["regions"],
+                              confidence[scored], labelled)
+    metrics["unreadable_images"] = unreadable
+    return metrics

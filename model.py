@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoints import LANDMARKS, read_checkpoint
-from codec import HEATMAP_STRIDE, HeatmapCodec
-from errors import CheckpointError, UsageError, WeightsUnavailable
-from geometry import CropGeometry, flip_points
+from basics.checkpoints import LANDMARKS, read_checkpoint
+from basics.codec import HEATMAP_STRIDE, HeatmapCodec
+from basics.errors import CheckpointError, UsageError, WeightsUnavailable
+from basics.geometry import CropGeometry, flip_points
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)

@@ -34,22 +34,22 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from checkpoints import CHECKPOINT_FORMAT, LANDMARKS, read_checkpoint
-from coco_files import merge_coco, read_meta_file
+from basics.annotation_files import DEFAULT_ANN_ROOT, prepare_annotations
+from basics.checkpoints import CHECKPOINT_FORMAT, LANDMARKS, read_checkpoint
+from basics.cli import CommandLineParser, bounded_int, multiple_of_32, number_type
+from basics.coco_files import merge_coco, read_meta_file
+from basics.ema import WeightAverage, copy_tensors
+from basics.errors import CheckpointError, DataError, UsageError, reports_errors
+from basics.geometry import CropGeometry
+from basics.outputs import check_output_folder, check_writable, write_json
+from basics.run_utils import (broadcast_buffers, broadcast_from_rank0, given_flags, ignore_ctrl_c, seed_everything,
+                              setup_distributed)
+from basics.visualize import plot_training_curves
 from dataset import Augmentation, EpochSampler, LandmarkDataset, collate_readable
-from dogflw import DEFAULT_ANN_ROOT, prepare_annotations
-from errors import (CheckpointError, CommandLineParser, DataError, UsageError, bounded_int,
-                    multiple_of_32, number_type, reports_errors)
-from evaluate import evaluate
-from geometry import CropGeometry
+from inference import evaluate_loader
 from model import LandmarkModel, init_from_checkpoint
-from outputs import check_output_folder, check_writable, write_json
-from run_utils import (broadcast_buffers, broadcast_from_rank0, given_flags, ignore_ctrl_c, seed_everything,
-                       setup_distributed)
-from training import (RESUME_MAY_CHANGE as RUN_MAY_CHANGE, EpochResult, Run, StepResult, add_run_flags,
-                      autocast_dtype, finish_epoch, gradient_scaler, optimise, parse_run, run_epochs, run_folder,
-                      schedule)
-from visualize import plot_training_curves
+from training import (EpochResult, RESUME_MAY_CHANGE as RUN_MAY_CHANGE, Run, StepResult, add_run_flags, autocast_dtype,
+                      finish_epoch, gradient_scaler, optimise, parse_run, run_epochs, run_folder, schedule)
 
 AUGMENTATION_LIMITS = {"scale": (0, 0.9), "rotation": (0, 180), "shift": (0, 1), "flip_prob": (0, 1),
                        "color": (0, 0.9), "blur_prob": (0, 1), "noise_prob": (0, 1), "erase_prob": (0, 1)}
@@ -203,35 +203,6 @@ def build_optimizer(model: LandmarkModel, args: argparse.Namespace) -> torch.opt
     groups = model.parameter_groups(args.lr, args.weight_decay, args.lr * (args.backbone_lr_mult if trained else 1.0))
     # on CUDA the fused kernel updates every tensor at once instead of a few kernels per tensor
     return torch.optim.AdamW(groups, fused=next(model.parameters()).is_cuda or None)
-
-
-class WeightAverage:
-    """Keeps `ema` an exponential moving average of `model`: after each step ema = decay * ema +
-    (1 - decay) * model over float weights and buffers, and the other buffers copied. The tensor
-    lists are gathered once: state_dict() walks every module, milliseconds per call on HRNet."""
-
-    def __init__(self, ema: torch.nn.Module, model: torch.nn.Module):
-        ema_state, state = ema.state_dict(), model.state_dict()  # tensors sharing the modules' storage
-        floats = [k for k, v in ema_state.items() if v.dtype.is_floating_point]
-        others = [k for k, v in ema_state.items() if not v.dtype.is_floating_point]
-        self.ema_floats, self.floats = [ema_state[k] for k in floats], [state[k] for k in floats]
-        self.ema_others, self.others = [ema_state[k] for k in others], [state[k] for k in others]
-
-    @torch.no_grad()
-    def update(self, decay: float) -> None:
-        torch._foreach_lerp_(self.ema_floats, self.floats, 1.0 - decay)
-        if self.others:
-            copy_tensors(self.ema_others, self.others)
-
-
-@torch.no_grad()
-def copy_tensors(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
-    """targets[i] <- sources[i], in one fused call where torch has it."""
-    if hasattr(torch, "_foreach_copy_"):
-        torch._foreach_copy_(targets, sources)
-    else:
-        for target, source in zip(targets, sources):
-            target.copy_(source)
 
 
 def checkpoint_bytes(model: LandmarkModel) -> int:
@@ -439,7 +410,7 @@ def validate(run: LandmarkRun, data: Data, epoch: int, trained: EpochResult, sta
     """Score the EMA model on the validation set, then training.finish_epoch (metrics.jsonl,
     last.pth, best.pth)."""
     broadcast_buffers(run.eval_model)  # the model rank 0 saves is the one every rank evaluates
-    run.metrics, _ = evaluate(run.eval_model, data.val_loader, run.device)
+    run.metrics, _ = evaluate_loader(run.eval_model, data.val_loader, run.device)
     val_unreadable = run.metrics["unreadable_images"]
     # mean learned offset (input px) between a mirrored face's labels and the mirrored labels
     offset_x, offset_y = run.eval_model.codec.mirror_shift(True).mean(dim=(0, 1)).tolist()
@@ -460,7 +431,7 @@ def score_test(run: LandmarkRun, data: Data) -> dict:
                                meta_override=data.train_set.meta)
     loader = evaluation_loader(test_set, run.args.batch_size * 2, run.rank, run.world_size,
                                dict(num_workers=run.args.num_workers, collate_fn=collate_readable))
-    scores = {name: evaluate(run.eval_model, loader, run.device, flip)[0] for name, flip in (("plain", False),
+    scores = {name: evaluate_loader(run.eval_model, loader, run.device, flip)[0] for name, flip in (("plain", False),
                                                                                          ("flip_test", True))}
     if run.is_main:
         write_json(run.work_dir / "test_metrics.json", {"checkpoint": str(run.work_dir / "best.pth"),

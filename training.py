@@ -24,10 +24,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from checkpoints import TRAINING_STATE_KEYS, read_checkpoint, save_checkpoint
-from errors import (CheckpointError, Interrupted, TrainingStopped, UsageError, UserFacingError, bounded_int,
-                    fraction)
-from run_utils import MetricsLog, StopRequest, choose_work_dir, resumed_settings, sum_across_ranks
+from basics.checkpoints import TRAINING_STATE_KEYS, read_checkpoint, save_checkpoint
+from basics.cli import bounded_int, fraction
+from basics.errors import CheckpointError, Interrupted, TrainingStopped, UsageError, UserFacingError
+from basics.run_utils import MetricsLog, StopRequest, choose_work_dir, resumed_settings, sum_across_ranks
 
 MAX_SEED = 2**32 - 1  # NumPy's and torch's seeds
 # what --resume takes from the command line in both trainers; every other setting is the run's own

@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from coco_files import DOGFLW_META  # noqa: E402
+from basics.coco_files import DOGFLW_META
 
 SMALL_META = {  # 8 landmarks: two eyes, two ears, nose, two mouth corners, chin
     "name": "toy", "num_keypoints": 8,
@@ -126,7 +126,7 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
     """A real one-epoch run on small synthetic faces (SMALL_META, 64 px crops): the faces' root,
     the annotation folder and the run folder with best.pth and metrics.jsonl."""
     import train_simple
-    from dogflw import convert
+    from basics.dogflw import convert
 
     base = tmp_path_factory.mktemp("tiny_run")
     root = make_faces(base / "faces", {"train": 16, "val": 8}, SMALL_META, image_size=80)
@@ -176,7 +176,7 @@ def break_video_frame(path: Path, index: int) -> None:
 @pytest.fixture(scope="session")
 def tiny_detector(tiny_run, tmp_path_factory) -> Path:
     """best.pth of a one-epoch detector run on the tiny faces (it need not find them well)."""
-    from tools import train_detector
+    from detector import train as train_detector
     run = tmp_path_factory.mktemp("tiny_detector") / "run"
     assert train_detector.main(["--ann-root", str(tiny_run["ann"]), "--no-pretrained", "--epochs", "1",
                                 "--batch-size", "4", "--num-workers", "0", "--min-size", "64", "--max-size", "96",
@@ -187,7 +187,7 @@ def tiny_detector(tiny_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_train_json(tmp_path_factory) -> Path:
     """train.json of 6 small faces (SMALL_META, 128 px images) beside a val.json of 2."""
-    from dogflw import convert
+    from basics.dogflw import convert
     root = make_faces(tmp_path_factory.mktemp("toy"), {"train": 6, "val": 2}, SMALL_META, image_size=128)
     convert(root, root / "ann", SMALL_META)
     return root / "ann" / "train.json"

@@ -1,8 +1,8 @@
 import json
 
+from basics.dogflw import convert
 from conftest import SMALL_META, make_faces
 from tools import benchmark
-from dogflw import convert
 
 TINY = ["--backbone", "resnet18", "--input-size", "64", "--batch-size", "4", "--device", "cpu",
         "--steps", "2", "--warmup", "1", "--repeats", "2"]

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-import checkpoints
 import train_simple
+from basics import checkpoints
+from basics.dogflw import convert
+from basics.errors import TrainingStopped
+from basics.geometry import CropGeometry
 from conftest import SMALL_META, make_faces
-from errors import TrainingStopped
-from geometry import CropGeometry
 from model import load_landmark_model
-from dogflw import convert
 
 
 def test_checkpoint_write_is_atomic(tmp_path):

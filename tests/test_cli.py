@@ -1,10 +1,15 @@
 """Every user mistake on every script's command line is one line and a non-zero exit, never a
 traceback: numbers out of range, devices that are not there, paths of the wrong kind."""
+
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import evaluate
 import train_simple
+from conftest import REPO
 from tools import benchmark, convert_dogflw_to_coco, export_onnx, label_video, predict, train_detector
 
 TRAIN = ["--backbone", "resnet18", "--input-size", "64", "--no-pretrained", "--batch-size", "4", "--num-workers", "0",
@@ -141,3 +146,9 @@ def test_every_number_flag_refuses_its_extremes_in_one_line(script, flag, value,
         script.build_parser().parse_args([*REQUIRED.get(script, []), f"{flag}={value}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert refused.value.code == 2 and len(err) == 1 and flag in err[0], err
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "tools").glob("[!_]*.py")))
+def test_every_tools_script_runs_as_a_file_from_the_repository_root(script):
+    result = subprocess.run([sys.executable, f"tools/{script}", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr

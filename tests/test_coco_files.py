@@ -1,11 +1,12 @@
 """COCO keypoint files and keypoint metadata: what is read, and what is refused in one line."""
+
 import json
 
 import pytest
 
-from coco_files import DOGFLW_META, held_out_ids, load_coco, merge_coco, read_meta_file, validate_keypoint_meta
+from basics.coco_files import DOGFLW_META, held_out_ids, load_coco, merge_coco, read_meta_file, validate_keypoint_meta
+from basics.errors import DataError
 from conftest import SMALL_META, coco_copy
-from errors import DataError
 
 
 def test_load_coco_reads_records_and_meta(toy_train_json):

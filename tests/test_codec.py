@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from codec import HEATMAP_STRIDE, HeatmapCodec, heatmap_targets, soft_argmax
-from geometry import input_to_heatmap
+from basics.codec import HEATMAP_STRIDE, HeatmapCodec, heatmap_targets, soft_argmax
+from basics.geometry import input_to_heatmap
 
 NOT_MIRRORED = torch.zeros(1, dtype=torch.bool)
 

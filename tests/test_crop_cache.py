@@ -1,4 +1,5 @@
 """The crop cache: built once, equal to direct crops, rebuilt when anything it depends on changes."""
+
 import itertools
 import json
 import os
@@ -8,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from basics.geometry import apply_affine, box_to_center_size, crop_affine, invert_affine
 from dataset import Augmentation, LandmarkDataset, collate_readable
-from geometry import apply_affine, box_to_center_size, crop_affine, invert_affine
 
 
 def test_cached_crops_equal_direct_ones_and_augment_alike(toy_train_json, tmp_path):
@@ -89,7 +90,7 @@ def test_interrupted_crop_cache_build_leaves_no_files(toy_train_json, tmp_path, 
     def interrupted(path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("crop_cache.read_image", interrupted)
+    monkeypatch.setattr("basics.crop_cache.read_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         LandmarkDataset(toy_train_json, None, 64).use_cache(tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []

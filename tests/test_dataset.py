@@ -1,13 +1,14 @@
 """Face crops from COCO keypoint files: landmarks follow the crop, augmentation is seeded, unreadable images set aside."""
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from coco_files import load_coco
+from basics.coco_files import load_coco
+from basics.geometry import apply_affine, box_to_center_size, crop_affine
 from conftest import SMALL_META, coco_copy, palette
 from dataset import Augmentation, EpochSampler, LandmarkDataset, collate_readable, colour_matrix
-from geometry import apply_affine, box_to_center_size, crop_affine
 
 
 def test_eval_sample_maps_landmarks_with_the_crop_affine(toy_train_json):

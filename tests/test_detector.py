@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoints import read_checkpoint
-from detector import DETECTORS, box_average_precision, create_detector, detect_faces, load_detector
-from face_boxes import FaceBoxes
-from errors import CheckpointError, UsageError
+from basics.checkpoints import read_checkpoint
+from basics.errors import CheckpointError, UsageError
+from detector.model import DETECTORS, box_average_precision, create_detector, detect_faces, load_detector
+from detector.scenes import FaceBoxes
 from model import load_landmark_model
-from tools import train_detector
+from detector import train as train_detector
 
 
 def test_the_detector_trains_and_its_checkpoint_rebuilds_it(tiny_run, tiny_detector, tmp_path):

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from basics.coco_files import DOGFLW_META
+from basics.dogflw import LabelError, convert
+from basics.errors import DataError
 from conftest import SMALL_META, make_faces, palette, run_cli
 from dataset import LandmarkDataset
 from tools import convert_dogflw_to_coco as convert_mod
-from errors import DataError
-from coco_files import DOGFLW_META
-from dogflw import LabelError, convert
 
 
 @pytest.fixture
@@ -332,7 +332,7 @@ def test_a_box_past_the_image_edge_is_cut_there_and_reported(root, tmp_path, cap
 
 
 def test_without_good_boxes_a_repair_pads_as_dogflws_train_boxes(tmp_path):
-    from dogflw import DOGFLW_BOX_PADDING, box_padding_of
+    from basics.dogflw import DOGFLW_BOX_PADDING, box_padding_of
     assert box_padding_of([], []).tolist() == list(DOGFLW_BOX_PADDING) == [0.12, 0.16, 0.14, 0.17]
 
 

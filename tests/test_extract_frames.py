@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conftest import write_video
-from images import read_image
-from tools import convert_dogflw_to_coco, extract_frames
 import train_simple
+from basics.images import read_image
+from conftest import write_video
+from tools import convert_dogflw_to_coco, extract_frames
 
 
 def four_scene_video(root: Path, path: Path) -> Path:

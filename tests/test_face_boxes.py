@@ -1,11 +1,12 @@
 """The detector's training images: boxes that follow every change of the image, and composed scenes."""
+
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from face_boxes import FaceBoxes, SceneAugmentation
+from detector.scenes import FaceBoxes, SceneAugmentation
 
 
 def test_training_flips_the_boxes_with_the_image(tiny_run):

@@ -1,9 +1,10 @@
 """Offline filtering: drop the unsure and the jumps, fill short gaps (marked), smooth without lag."""
+
 import numpy as np
 import pytest
 
-from filtering import FilterOptions, fill_gaps, filter_table, filter_track
-from video_tables import NO_FACE, LandmarkTable
+from analysis.filtering import FilterOptions, fill_gaps, filter_table, filter_track
+from analysis.tables import LandmarkTable, NO_FACE
 
 
 def test_a_short_gap_is_filled_by_interpolation_a_long_one_is_not():

@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from geometry import (CropGeometry, apply_affine, box_around, box_to_center_size, compose_affine, crop_affine,
-                      flip_points, heatmap_to_input, input_to_heatmap, invert_affine, padding_around, points_extent,
-                      warp_image)
+from basics.geometry import (CropGeometry, apply_affine, box_around, box_to_center_size, compose_affine, crop_affine,
+                             flip_points, heatmap_to_input, input_to_heatmap, invert_affine, padding_around,
+                             points_extent, warp_image)
 
 
 def test_affine_forward_then_inverse_returns_points():

@@ -1,11 +1,12 @@
 """The one image reader: upright as displayed, 8-bit RGB from any depth, one line for what it cannot read."""
+
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from errors import DataError
-from images import read_image
+from basics.errors import DataError
+from basics.images import read_image
 
 
 def test_the_one_image_reader_turns_an_exif_rotated_jpeg_upright(tmp_path):

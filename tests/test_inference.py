@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import evaluate
+from basics.errors import DataError
+from basics.images import read_image
 from dataset import LandmarkDataset
-from errors import DataError
-from images import read_image
 from inference import FaceLandmarker, LandmarkPredictor
 
 

@@ -1,37 +1,48 @@
-"""The modules' layers: each imports only from its own layer or those below it, and nothing outside
-tools/ imports from tools/."""
+"""The layers, read from the folders: each unit (a top-level file or a package) imports only from
+itself and the units below it, and nothing imports from tools/ but tools/ and the tests."""
 import ast
 from pathlib import Path
 
 from conftest import REPO
 
-LAYERS = [
-    ["errors", "geometry", "images"],                                      # conventions, the one reader
-    ["outputs", "coco_files", "codec", "checkpoints", "run_utils"],        # files, formats, run plumbing
-    ["crop_cache", "dogflw", "dataset", "face_boxes", "model", "detector"],  # data and models
-    ["inference", "training", "visualize", "evaluate"],                    # using them
-    ["tracking", "video_tables", "filtering", "video"],                    # video analysis
-    ["train_simple"],                                                      # the landmark trainer
-]
-LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
+# lowest first: the shared basics, the landmark data and model, the shared training skeleton, the
+# detector, image -> faces -> landmarks, scoring, the video and photo analysis, the trainer, commands
+UNITS = ["basics", "dataset", "model", "training", "detector", "inference", "evaluate", "analysis",
+         "train_simple", "tools"]
+LEVEL = {unit: level for level, unit in enumerate(UNITS)}
 
 
-def project_imports(path: Path) -> set[str]:
-    """The project modules (top-level files and tools) that a file imports."""
+def unit_of(path: Path) -> str:
+    """The unit a file belongs to: its package's folder, or a top-level file's name."""
+    relative = path.relative_to(REPO)
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
+def code_files() -> list[Path]:
+    """Every Python file of the project but the tests and the measurement scripts."""
+    return sorted(p for p in REPO.rglob("*.py") if unit_of(p) not in ("tests", "docs", "work_dirs", ".venv"))
+
+
+def imported_units(path: Path) -> set[str]:
+    """The project units a file imports."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
             [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-        found |= {n.split(".")[0] if not n.startswith("tools") else n for n in names}
-    return {n for n in found if n in LAYER or n.startswith("tools")}
+        found |= {name.split(".")[0] for name in names}
+    return {"tools" if name == "_repo" else name for name in found} & set(UNITS)
 
 
-def test_every_module_has_a_layer():
-    modules = {p.stem for p in REPO.glob("*.py")}
-    assert modules == set(LAYER), f"place these in LAYERS: {sorted(modules ^ set(LAYER))}"
+def test_every_top_level_file_and_package_is_a_unit():
+    units = {unit_of(p) for p in code_files()}
+    assert units == set(UNITS), f"place these in UNITS: {sorted(units ^ set(UNITS))}"
 
 
-def test_no_module_imports_from_a_higher_layer_or_from_tools():
-    upward = [f"{p.name} imports {name}" for p in REPO.glob("*.py") for name in project_imports(p)
-              if name.startswith("tools") or LAYER[name] > LAYER[p.stem]]
+def test_the_top_level_shows_the_product():
+    assert len(list(REPO.glob("*.py"))) <= 8
+
+
+def test_no_unit_imports_from_a_higher_one():
+    upward = [f"{p.relative_to(REPO)} imports {unit}" for p in code_files() for unit in imported_units(p)
+              if LEVEL[unit] > LEVEL[unit_of(p)]]
     assert not upward, upward

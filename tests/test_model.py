@@ -4,8 +4,8 @@ import sys
 import pytest
 import torch
 
+from basics.errors import CheckpointError, UsageError
 from conftest import REPO
-from errors import CheckpointError, UsageError
 from model import LandmarkModel, load_landmark_model
 
 
@@ -59,8 +59,8 @@ def test_the_fine_head_gives_stride_2_heatmaps_that_decode_to_input_pixels():
         logits = model(torch.rand(2, 3, 64, 64) * 255)
     assert logits.shape == (2, 5, 32, 32) and model.codec.stride == 2
     points = torch.tensor([[[10.0, 20.0], [33.3, 41.7], [50.0, 8.5], [31.5, 31.5], [3.0, 60.0]]])
-    from codec import heatmap_targets
-    from geometry import input_to_heatmap
+    from basics.codec import heatmap_targets
+    from basics.geometry import input_to_heatmap
     maps = heatmap_targets(input_to_heatmap(points, 2), 32, 32, sigma=3.0)
     assert torch.allclose(model.codec.decode(maps)[0], points, atol=0.2)
     with pytest.raises(UsageError, match="heatmap stride 8"):

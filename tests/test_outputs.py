@@ -1,13 +1,14 @@
 """Outputs: strict JSON written whole or not at all, paths checked before the work, staged sets."""
+
 import json
 import os
 
 import pytest
 
-import outputs
-from errors import UsageError
-from outputs import Staging, check_output_file, check_output_folder, strict_json, write_json
-from run_utils import MetricsLog
+from basics import outputs
+from basics.errors import UsageError
+from basics.outputs import Staging, check_output_file, check_output_folder, strict_json, write_json
+from basics.run_utils import MetricsLog
 
 
 def test_json_written_is_strict(tmp_path):

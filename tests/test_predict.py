@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from conftest import BROKEN_CHECKPOINTS, break_video_frame, run_cli, two_face_scene, write_broken_checkpoint, write_video
+from basics.images import VIDEO_EXTENSIONS, read_image
+from conftest import (BROKEN_CHECKPOINTS, break_video_frame, run_cli, two_face_scene, write_broken_checkpoint,
+                      write_video)
 from dataset import LandmarkDataset, collate_readable
-from images import VIDEO_EXTENSIONS, read_image
-from evaluate import predict_dataset
+from inference import predict_dataset
 from model import load_landmark_model
 from tools import predict
 

@@ -1,11 +1,12 @@
 """Run utilities: the per-epoch log survives a torn line; a device that is not there is one line."""
+
 import json
 
 import pytest
 import torch
 
-from errors import UsageError
-from run_utils import MetricsLog, pick_device
+from basics.errors import UsageError
+from basics.run_utils import MetricsLog, pick_device
 
 
 def test_a_torn_last_line_is_skipped_and_trimmed_away(tmp_path):

@@ -1,8 +1,9 @@
 """Face ids follow the faces: through missed detections, a short occlusion and two faces crossing."""
+
 import numpy as np
 
+from analysis.tracking import FaceTracker
 from inference import Face
-from tracking import FaceTracker
 
 
 def face(box, face_id=None) -> Face:

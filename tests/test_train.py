@@ -11,20 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-import outputs
-import run_utils
 import train_simple
 import training
-from codec import HeatmapCodec
+from basics import outputs, run_utils
+from basics.annotation_files import prepare_annotations
+from basics.coco_files import DOGFLW_META
+from basics.codec import HeatmapCodec
+from basics.dogflw import convert
+from basics.errors import DataError
+from basics.geometry import apply_affine, box_to_center_size, crop_affine, invert_affine
+from basics.metrics import compute_metrics
 from conftest import BROKEN_CHECKPOINTS, REPO, SMALL_META, make_faces, run_cli, write_broken_checkpoint
 from dataset import LandmarkDataset
-from evaluate import compute_metrics
-from geometry import apply_affine, box_to_center_size, crop_affine, invert_affine
-from model import MIRROR_OFFSET_LR_MULT, LandmarkModel
+from model import LandmarkModel, MIRROR_OFFSET_LR_MULT
 from tools.benchmark import synthetic_batch
-from coco_files import DOGFLW_META
-from dogflw import convert, prepare_annotations
-from errors import DataError
 
 SMALL_RUN = ["--backbone", "resnet18", "--input-size", "64", "--no-pretrained", "--batch-size", "8",
              "--num-workers", "0"]
@@ -79,7 +79,7 @@ def test_a_mistyped_ann_root_says_what_to_give_and_downloads_nothing(tmp_path, m
     typo = tmp_path / "anotations"
     if made:
         typo.mkdir()
-    monkeypatch.setattr("dogflw.download_dogflw", lambda: pytest.fail("a typo must not start a download"))
+    monkeypatch.setattr("basics.annotation_files.download_dogflw", lambda: pytest.fail("a typo must not start a download"))
     with pytest.raises(DataError, match=f"--ann-root {typo}: {'has no train.json' if made else 'no such folder'}; "
                                         "give the folder tools/convert_dogflw_to_coco.py wrote"):
         prepare_annotations(typo, None)
@@ -427,7 +427,7 @@ def test_what_can_be_checked_is_checked_before_training(toy_ann, tmp_path, capsy
 def test_ctrl_c_while_the_crop_cache_is_built_is_one_line_and_exit_130(toy_ann, tmp_path, capsys, monkeypatch):
     def ctrl_c(path):
         raise KeyboardInterrupt
-    monkeypatch.setattr("crop_cache.read_image", ctrl_c)
+    monkeypatch.setattr("basics.crop_cache.read_image", ctrl_c)
     assert train_simple.main(toy_args(toy_ann, tmp_path / "run", "--crop-cache", str(tmp_path / "cache"))) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["interrupted by Ctrl-C"]
     assert list((tmp_path / "cache").iterdir()) == []

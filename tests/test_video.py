@@ -1,12 +1,13 @@
 """Videos: every frame's position and time, what went wrong in reading, and the labelled video."""
+
 import numpy as np
 import pytest
 
-import video
+from analysis import video
+from analysis.tables import LandmarkTable, read_flat_table, write_flat_table
+from analysis.video import VideoFrames, box_from_landmarks, label_video
 from conftest import break_video_frame, write_video
 from inference import Face
-from video import VideoFrames, box_from_landmarks, label_video
-from video_tables import read_flat_table, write_flat_table, LandmarkTable
 
 
 def test_a_followed_box_moves_and_scales_with_the_landmarks():

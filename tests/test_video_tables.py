@@ -1,9 +1,10 @@
 """The tables a video's landmarks go to: the flat CSV and DeepLabCut's multi-animal table."""
+
 import csv
 
 import numpy as np
 
-from video_tables import NO_FACE, LandmarkTable, read_flat_table, write_dlc_table, write_flat_table
+from analysis.tables import LandmarkTable, NO_FACE, read_flat_table, write_dlc_table, write_flat_table
 
 
 def a_table() -> LandmarkTable:

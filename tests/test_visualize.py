@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 
+from basics.metrics import compute_metrics
+from basics.visualize import ced_curve, draw_landmarks, plot_ced, plot_training_curves
 from dataset import LandmarkDataset
-from evaluate import compute_metrics
-from test_evaluate import two_images
-from visualize import ced_curve, draw_landmarks, plot_ced, plot_training_curves, write_visualisations
+from evaluate import write_visualisations
+from test_metrics import two_images
 
 
 def test_draw_landmarks_marks_prediction_and_truth_on_an_enlarged_copy():

@@ -24,16 +24,16 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch.utils.data import DataLoader
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-import train_simple  # noqa: E402
-from dataset import Augmentation, LandmarkDataset, collate_readable  # noqa: E402
-from errors import CommandLineParser, DataError, bounded_int, multiple_of_32, reports_errors  # noqa: E402
-from model import LandmarkModel  # noqa: E402
-from run_utils import pick_device  # noqa: E402
+import _repo  # the repository on sys.path: tools/_repo.py
+import train_simple
+from basics.cli import CommandLineParser, bounded_int, multiple_of_32
+from basics.errors import DataError, reports_errors
+from basics.run_utils import pick_device
+from dataset import Augmentation, LandmarkDataset, collate_readable
+from model import LandmarkModel
 
 
 def synchronize(device: torch.device) -> None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, when run as a script
-from coco_files import DOGFLW_META, read_meta_file  # noqa: E402
-from dogflw import convert, convert_coco_export, download_dogflw  # noqa: E402
-from errors import CommandLineParser, reports_errors  # noqa: E402
-from outputs import check_output_folder  # noqa: E402
+import _repo  # the repository on sys.path: tools/_repo.py
+from basics.cli import CommandLineParser
+from basics.coco_files import DOGFLW_META, read_meta_file
+from basics.dogflw import convert, convert_coco_export, download_dogflw
+from basics.errors import reports_errors
+from basics.outputs import check_output_folder
 
 
 def build_parser() -> CommandLineParser:

@@ -19,16 +19,15 @@ import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+import torch.nn as nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-from errors import (CommandLineParser, UsageError, UserFacingError, bounded_int, number_type,  # noqa: E402
-                    reports_errors)
-from model import LandmarkModel, load_landmark_model  # noqa: E402
-from outputs import check_output_file  # noqa: E402
+import _repo  # the repository on sys.path: tools/_repo.py
+from basics.cli import CommandLineParser, bounded_int, number_type
+from basics.errors import UsageError, UserFacingError, reports_errors
+from basics.outputs import check_output_file
+from model import LandmarkModel, load_landmark_model
 
 TOLERANCE_PX = 1e-3  # largest accepted |ONNX Runtime - PyTorch| landmark difference, crop pixels
 

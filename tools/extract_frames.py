@@ -33,20 +33,20 @@ import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+from scipy.cluster.vq import kmeans2
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy.cluster.vq import kmeans2  # noqa: E402
-
-from dogflw import keypoint_category  # noqa: E402
-from errors import CommandLineParser, DataError, UsageError, bounded_int, fraction, reports_errors  # noqa: E402
-from filtering import expected_positions  # noqa: E402
-from images import VIDEO_EXTENSIONS, list_media  # noqa: E402
-from inference import FaceDetector, FaceLandmarker, LandmarkPredictor  # noqa: E402
-from outputs import write_json  # noqa: E402
-from video import VideoFrames  # noqa: E402
-from video_tables import NO_FACE, read_flat_table  # noqa: E402
+import _repo  # the repository on sys.path: tools/_repo.py
+from analysis.filtering import expected_positions
+from analysis.tables import NO_FACE, read_flat_table
+from analysis.video import VideoFrames
+from basics.cli import CommandLineParser, bounded_int, fraction
+from basics.dogflw import keypoint_category
+from basics.errors import DataError, UsageError, reports_errors
+from basics.images import VIDEO_EXTENSIONS, list_media
+from basics.outputs import write_json
+from inference import FaceDetector, FaceLandmarker, LandmarkPredictor
 
 THUMBNAIL = 32  # side of the grey frames k-means compares
 MAX_SAMPLES = 2000  # frames of a video k-means looks at (evenly spaced)

@@ -16,12 +16,12 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from errors import CommandLineParser, UsageError, fraction, number_type, reports_errors  # noqa: E402
-from outputs import check_output_file  # noqa: E402
-from video import label_video  # noqa: E402
-from video_tables import read_flat_table  # noqa: E402
+import _repo  # the repository on sys.path: tools/_repo.py
+from analysis.tables import read_flat_table
+from analysis.video import label_video
+from basics.cli import CommandLineParser, fraction, number_type
+from basics.errors import UsageError, reports_errors
+from basics.outputs import check_output_file
 
 
 def build_parser() -> CommandLineParser:

@@ -34,21 +34,20 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from errors import (CommandLineParser, DataError, Interrupted, UsageError, bounded_int, fraction,  # noqa: E402
-                    reports_errors)
-from filtering import METHODS, FilterOptions  # noqa: E402
-from images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_media, read_image  # noqa: E402
-from inference import Face, FaceDetector, FaceLandmarker, LandmarkPredictor, save_region_crops  # noqa: E402
-from outputs import Staging, check_output_folder, write_json  # noqa: E402
-from run_utils import StopRequest  # noqa: E402
-from video import VideoOptions, analyze_video  # noqa: E402
-from visualize import draw_faces  # noqa: E402
+import _repo  # the repository on sys.path: tools/_repo.py
+from analysis.filtering import FilterOptions, METHODS
+from analysis.video import VideoOptions, analyze_video
+from basics.cli import CommandLineParser, bounded_int, fraction
+from basics.errors import DataError, Interrupted, UsageError, reports_errors
+from basics.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_media, read_image
+from basics.outputs import Staging, check_output_folder, write_json
+from basics.run_utils import StopRequest
+from basics.visualize import draw_faces
+from inference import Face, FaceDetector, FaceLandmarker, LandmarkPredictor, save_region_crops
 
 MAX_COORDINATE = 1e6  # pixels; a box beyond this is a typo
 NUMBERS = re.compile(r"^-?[\d.eE+-]+(,-?[\d.eE+-]+){3}$")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from geometry import box_iou
+from basics.geometry import box_iou
 from inference import Face
 
 

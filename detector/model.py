@@ -26,10 +26,10 @@ from torchvision.models.detection.fcos import FCOSHead
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from checkpoints import DETECTOR, read_checkpoint
-from errors import CheckpointError, UsageError, WeightsUnavailable
-from face_boxes import image_tensor
-from geometry import from_pixel_edges
+from basics.checkpoints import DETECTOR, read_checkpoint
+from basics.errors import CheckpointError, UsageError, WeightsUnavailable
+from basics.geometry import from_pixel_edges
+from detector.scenes import image_tensor
 
 # name -> torchvision body, its ImageNet weights, the layers of strides 8, 16 and 32, their channels, the
 # FPN's width and the head's convolutions per branch

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from errors import DataError, UsageError
+from basics.errors import DataError, UsageError
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:

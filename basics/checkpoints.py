@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from errors import CheckpointError, TrainingStopped
-from outputs import write_atomically
+from basics.errors import CheckpointError, TrainingStopped
+from basics.outputs import write_atomically
 
 CHECKPOINT_FORMAT = 2
 LANDMARKS, DETECTOR = "landmarks", "face detector"

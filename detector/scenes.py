@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from coco_files import load_coco_images
-from errors import DataError
-from geometry import to_pixel_edges
-from images import read_image
+from basics.coco_files import load_coco_images
+from basics.errors import DataError
+from basics.geometry import to_pixel_edges
+from basics.images import read_image
 
 FACE_LABEL = 1  # class 0 is the background
 FILL = (114, 114, 114)  # grey of the canvas where no image lies, as YOLO's mosaic

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from errors import UsageError
-from outputs import strict_json, write_atomically
+from basics.errors import UsageError
+from basics.outputs import strict_json, write_atomically
 
 
 def seed_everything(seed: int) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import DataError
+from basics.errors import DataError
 from inference import Face
 
 BOX_COLUMNS = ["box_x1", "box_y1", "box_x2", "box_y2"]

@@ -12,10 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from dataset import LandmarkDataset
-from images import read_image
-from run_utils import MetricsLog
-
+from basics.run_utils import MetricsLog
 
 OVERLAY_MIN_SIDE = 800  # overlays of small images are enlarged to this long side before drawing
 
@@ -84,26 +81,6 @@ def draw_faces(image: np.ndarray, faces: list, enlarge: bool = True) -> np.ndarr
         x, y = drawing.at(face.box[:2])
         drawing.text(label, (x, max(12, y - 6)), scale=max(0.4, drawing.radius / 5))
     return drawing.canvas
-
-
-def write_visualisations(dataset: LandmarkDataset, pred: np.ndarray, per_image_nme: np.ndarray, count: int,
-                         out_dir: Path) -> None:
-    """Overlays of the `count` worst images (worst_01_NAME.png, ...) and of `count` others at random
-    (random_NAME.png, fixed seed). Images without a prediction or an NME (NaN) are skipped."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scored = np.flatnonzero(np.isfinite(per_image_nme))
-    worst = scored[np.argsort(-per_image_nme[scored], kind="stable")[:count]]
-    rest = np.setdiff1d(scored, worst)
-    chosen = np.random.default_rng(0).choice(rest, size=min(count, len(rest)), replace=False)
-    names = [f"worst_{rank:02d}_" for rank in range(1, len(worst) + 1)] + ["random_"] * len(chosen)
-    for prefix, i in zip(names, np.concatenate([worst, chosen])):
-        record = dataset.records[i]
-        image = read_image(dataset.data_root / record["file"])
-        overlay = draw_landmarks(image, pred[i], record["keypoints"], record["box"],
-                                 f"NME_IOD {per_image_nme[i]:.1f} %")
-        overlay = cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(out_dir / f"{prefix}{Path(record['file']).stem}.png"), overlay)
-    print(f"wrote {len(worst)} worst and {len(chosen)} random overlays to {out_dir}")
 
 
 def ced_curve(per_image_nme: np.ndarray, max_error: float) -> tuple[np.ndarray, np.ndarray]:

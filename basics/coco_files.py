@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import DataError
+from basics.errors import DataError
 
 # DogFLW's facts (see the project README): 46 landmarks, mirror permutation, outer eye corners, regions.
 DOGFLW_META = {

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import medfilt, savgol_filter
 
-from video_tables import NO_FACE, LandmarkTable
+from analysis.tables import LandmarkTable, NO_FACE
 
 METHODS = ("savgol", "median")
 

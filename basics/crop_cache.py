@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from errors import DataError
-from geometry import CropGeometry, warp_image
-from images import read_image
-from run_utils import ignore_ctrl_c
+from basics.errors import DataError
+from basics.geometry import CropGeometry, warp_image
+from basics.images import read_image
+from basics.run_utils import ignore_ctrl_c
 
 CACHE_FORMAT = 2  # bump when what a cache file holds changes
 

@@ -20,14 +20,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from errors import DataError, Interrupted
-from filtering import FilterOptions, filter_table
+from analysis.filtering import FilterOptions, filter_table
+from analysis.tables import FlatTableWriter, LandmarkTable, NO_FACE, read_flat_table, write_dlc_table, write_flat_table
+from analysis.tracking import FaceTracker
+from basics.errors import DataError, Interrupted
+from basics.outputs import Staging, write_json
+from basics.run_utils import StopRequest
+from basics.visualize import draw_faces
 from inference import Face, FaceLandmarker, save_region_crops
-from outputs import Staging, write_json
-from run_utils import StopRequest
-from tracking import FaceTracker
-from video_tables import NO_FACE, FlatTableWriter, LandmarkTable, read_flat_table, write_dlc_table, write_flat_table
-from visualize import draw_faces
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # the undecodable frames are counted and reported here
 MAX_FAILED_READS = 25  # reads in a row that give no frame: the end of the stream

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from geometry import heatmap_to_input, input_to_heatmap
+from basics.geometry import heatmap_to_input, input_to_heatmap
 
 HEATMAP_STRIDE = 4
 
