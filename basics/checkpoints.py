@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from basics.backbone_weights import with_recorded_input
 from basics.errors import CheckpointError, TrainingStopped
 from basics.outputs import write_atomically
 
@@ -55,16 +56,17 @@ def upgrade_format_1(checkpoint: dict) -> dict:
     return upgraded
 
 
-def drop_removed_settings(checkpoint: dict, path: str | Path) -> dict:
-    """A landmark checkpoint without the model settings of removed features (the L1 coordinate
-    loss, the only one left, was the default); one trained with a removed loss is refused."""
+def todays_model_config(checkpoint: dict, path: str | Path) -> dict:
+    """A landmark checkpoint with today's model config: without the settings of removed features
+    (the L1 coordinate loss, the only one left, was the default; one trained with a removed loss is
+    refused), with the timm host and input normalisation it was trained with recorded."""
     config = dict(checkpoint["model_config"])
     loss = config.pop("coord_loss", "l1")
     config.pop("spread_weight", None)
     if loss in REMOVED_LOSSES:
         raise CheckpointError(f"{path}: trained with --coord-loss {loss}, which was removed (it did not beat the L1 "
                               "loss: docs/RESULTS.md); retrain it with today's code")
-    return {**checkpoint, "model_config": config}
+    return {**checkpoint, "model_config": with_recorded_input(config)}
 
 
 def read_checkpoint(path: str | Path, kind: str, map_location: str | torch.device = "cpu",
@@ -91,4 +93,4 @@ def read_checkpoint(path: str | Path, kind: str, map_location: str | torch.devic
     if checkpoint["kind"] != kind:
         raise CheckpointError(f"{path}: a {checkpoint['kind']} checkpoint, where a {kind} checkpoint "
                               f"(from {WRITERS[kind]}) is needed")
-    return drop_removed_settings(checkpoint, path) if kind == LANDMARKS else checkpoint
+    return todays_model_config(checkpoint, path) if kind == LANDMARKS else checkpoint

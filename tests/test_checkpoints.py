@@ -3,6 +3,8 @@ import torch
 
 import train_simple
 from basics import checkpoints
+from basics.backbone_weights import IMAGENET_MEAN, IMAGENET_STD
+from basics.checkpoints import todays_model_config
 from basics.dogflw import convert
 from basics.errors import TrainingStopped
 from basics.geometry import CropGeometry
@@ -73,3 +75,10 @@ def test_a_format_1_last_pth_resumes_to_the_uninterrupted_weights(tmp_path):
     assert resumed["format"] == checkpoints.CHECKPOINT_FORMAT and resumed["epoch"] == 2
     for key in ("model", "train_model"):
         assert all(torch.equal(resumed[key][name], whole[key][name]) for name in whole[key]), key
+
+
+def test_a_checkpoint_saved_before_normalisation_was_recorded_loads_as_it_was_trained():
+    old = {"model_config": {"backbone": "efficientnet_lite0", "num_keypoints": 5}}
+    config = todays_model_config(old, "old.pth")["model_config"]
+    assert config["host"] == "efficientnet_lite0"
+    assert config["input_mean"] == IMAGENET_MEAN and config["input_std"] == IMAGENET_STD

@@ -4,9 +4,11 @@ import sys
 import pytest
 import torch
 
+from basics.backbone_weights import IMAGENET_MEAN
 from basics.errors import CheckpointError, UsageError
 from conftest import REPO
 from model import LandmarkModel, load_landmark_model
+from test_backbone_weights import packaged_lite0
 
 
 @pytest.mark.parametrize("backbone", ["hrnet_w32", "tf_efficientnetv2_s", "resnet18"])
@@ -21,11 +23,12 @@ def test_output_shapes(backbone):
 
 def test_pretrained_weights_offline_says_how_to_continue():
     code = ("from model import create_backbone, WeightsUnavailable\n"
-            "try:\n    create_backbone('resnet18', True, None)\n"
+            "try:\n    create_backbone('resnet18', 'resnet18', True, None)\n"
             "except WeightsUnavailable as err:\n    print(err)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert "--no-pretrained" in result.stdout and "--pretrained-path" in result.stdout
+    assert "--backbone efficientnet_lite0" in result.stdout  # the way out that needs no download
 
 
 def test_pretrained_path_loads_a_local_state_dict(tmp_path, capsys):
@@ -65,3 +68,21 @@ def test_the_fine_head_gives_stride_2_heatmaps_that_decode_to_input_pixels():
     assert torch.allclose(model.codec.decode(maps)[0], points, atol=0.2)
     with pytest.raises(UsageError, match="heatmap stride 8"):
         LandmarkModel("resnet18", 5, heatmap_stride=8)
+
+
+def test_efficientnet_lite0_starts_from_the_packaged_imagenet_weights_without_a_download(capsys):
+    model = LandmarkModel("efficientnet_lite0", 46, pretrained=True)
+    assert "ImageNet weights from its pip package" in capsys.readouterr().out
+    assert model.config["host"] == "tf_efficientnet_lite0"
+    assert torch.equal(model.backbone.state_dict()["conv_stem.weight"], packaged_lite0()["_conv_stem.weight"])
+
+
+def test_each_backbone_is_fed_as_its_weights_were_trained_and_the_model_records_it():
+    lite = LandmarkModel("efficientnet_lite0", 5)
+    assert lite.config["input_mean"] == lite.config["input_std"] == (127.5,) * 3
+    for name in ("resnet18", "tf_efficientnetv2_s"):  # timm's hub weights: ImageNet's, unchanged
+        assert LandmarkModel(name, 5).config["input_mean"] == IMAGENET_MEAN
+    rebuilt = LandmarkModel(**lite.config)
+    assert torch.equal(rebuilt.mean, lite.mean) and torch.equal(rebuilt.std, lite.std)
+
+
