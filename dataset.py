@@ -53,13 +53,6 @@ def augmentation_reach(aug: Augmentation | None) -> float:
     return (1 + aug.scale) * (math.cos(angle) + math.sin(angle) + 2 * aug.shift)
 
 
-def face_padding_of(records: list[dict]) -> tuple[float, float, float, float] | None:
-    """How the records' face boxes sit around their labelled landmarks (geometry.padding_around)."""
-    labelled = [(r["box"], points_extent(r["keypoints"][r["labelled"]])) for r in records if r["labelled"].sum() >= 2]
-    padding = padding_around([box for box, _ in labelled], [extent for _, extent in labelled])
-    return None if padding is None else tuple(float(v) for v in padding)
-
-
 class LandmarkDataset(Dataset):
     """Face crops and their landmarks from one COCO keypoints file, cut by `geometry`.
 
@@ -79,7 +72,10 @@ class LandmarkDataset(Dataset):
         if root is None:
             raise DataError(f"{ann_file}: names no data root; pass --data-root")
         self.data_root = Path(root)
-        self.geometry = CropGeometry(input_size, padding, face_padding_of(self.records))
+        labelled = [r for r in self.records if r["labelled"].sum() >= 2]  # how the boxes sit around their landmarks
+        face_padding = padding_around([r["box"] for r in labelled],
+                                      [points_extent(r["keypoints"][r["labelled"]]) for r in labelled])
+        self.geometry = CropGeometry(input_size, padding, face_padding)
         self.augmentation = augmentation
         self.seed = seed
         self.cache: CropCache | None = None

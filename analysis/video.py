@@ -24,6 +24,7 @@ from analysis.filtering import FilterOptions, filter_table
 from analysis.tables import FlatTableWriter, LandmarkTable, NO_FACE, read_flat_table, write_dlc_table, write_flat_table
 from analysis.tracking import FaceTracker
 from basics.errors import DataError, Interrupted
+from basics.geometry import box_for_landmarks
 from basics.outputs import Staging, write_json
 from basics.run_utils import StopRequest
 from basics.visualize import draw_faces
@@ -99,15 +100,6 @@ def batches(frames: VideoFrames, size: int):
         yield batch
 
 
-def box_from_landmarks(landmarks: np.ndarray, reference: Face) -> np.ndarray:
-    """A face box for `landmarks` placed as `reference`'s box (the face as last detected) is around
-    its landmarks: the same offset from their centre and the same size relative to their spread."""
-    centre, spread = landmarks.mean(axis=0), landmarks.std(axis=0).mean() + 1e-6
-    ref_centre, ref_spread = reference.landmarks.mean(axis=0), reference.landmarks.std(axis=0).mean() + 1e-6
-    corners = (reference.box.reshape(2, 2) - ref_centre) * (spread / ref_spread) + centre
-    return corners.reshape(4)
-
-
 @dataclass
 class VideoOptions:
     """How to analyse a video: the detector every `detect_every` frames (the faces follow their
@@ -127,9 +119,11 @@ class VideoOptions:
 def followed_faces(landmarker: FaceLandmarker, frame: np.ndarray, previous: list[Face],
                    options: VideoOptions) -> list[Face]:
     """The previous frame's faces followed by their landmarks into `frame` (those whose confidence
-    falls below options.min_confidence are dropped)."""
+    falls below options.min_confidence are dropped). Each box sits around the landmarks as the
+    face's box sat around its landmarks when last detected (its anchor)."""
     anchors = [before.anchor or before for before in previous]
-    boxes = np.stack([box_from_landmarks(before.landmarks, anchor) for before, anchor in zip(previous, anchors)])
+    boxes = np.stack([box_for_landmarks(before.landmarks, reference=(anchor.box, anchor.landmarks))
+                      for before, anchor in zip(previous, anchors)])
     faces = landmarker.faces([frame], [boxes])[0]
     for face, before, anchor in zip(faces, previous, anchors):
         face.score, face.face_id, face.anchor = before.score, before.face_id, anchor

@@ -177,13 +177,6 @@ def clipped_to_image(box: list[float], width: int, height: int) -> tuple[list[fl
     return cut, max(abs(a - b) for a, b in zip(box, cut)) / max(box[2] - box[0], box[3] - box[1])
 
 
-def box_padding_of(boxes: list[list[float]], extents: list[np.ndarray]) -> np.ndarray:
-    """Median padding of good boxes around their landmarks' extent (geometry.padding_around);
-    DogFLW's typical padding when there are none."""
-    padding = padding_around(boxes, extents)
-    return padding if padding is not None else np.array(DOGFLW_BOX_PADDING)
-
-
 def find_splits(root: Path) -> list[Path]:
     """Split folders under root: those holding both images/ and labels/."""
     return sorted(p for p in root.iterdir() if (p / "images").is_dir() and (p / "labels").is_dir())
@@ -224,17 +217,18 @@ def read_split(split_dir: Path, meta: dict) -> tuple[list[dict], list[Finding]]:
     return items, findings
 
 
-def check_boxes(items: list[dict]) -> tuple[list[Finding], np.ndarray]:
+def check_boxes(items: list[dict]) -> tuple[list[Finding], tuple[float, float, float, float]]:
     """Replace each box that cannot be trusted (`box_problem`) by one around its labelled
     landmarks, padded as the split's good boxes are, and cut every box at the image's edge; no
-    image is dropped for its box. Returns the findings and the good boxes' median padding."""
+    image is dropped for its box. Returns the findings and the good boxes' median padding
+    (DogFLW's typical padding when there are none)."""
     findings, extents, problems = [], [], []
     for item in items:
         points = np.array(item["landmarks"])[np.array(item["flags"]) > 0]
         extents.append(points_extent(points))
         problems.append(box_problem(item["box"], points, item["width"], item["height"]))
     good = [(item["box"], extent) for item, extent, problem in zip(items, extents, problems) if problem is None]
-    padding = box_padding_of([box for box, _ in good], [extent for _, extent in good])
+    padding = padding_around([box for box, _ in good], [extent for _, extent in good], DOGFLW_BOX_PADDING)
     for item, extent, problem in zip(items, extents, problems):
         label = item["label"]
         if problem is not None:
@@ -269,7 +263,8 @@ def coco_keypoints(items: list[dict], root: Path, meta: dict, description: str) 
             "images": coco_images, "annotations": annotations, "categories": [keypoint_category(meta)]}
 
 
-def convert_split(root: Path, split_dir: Path, meta: dict) -> tuple[dict, list[Finding], np.ndarray]:
+def convert_split(root: Path, split_dir: Path, meta: dict
+                  ) -> tuple[dict, list[Finding], tuple[float, float, float, float]]:
     """COCO keypoints dict for one split, the findings and its good boxes' median padding."""
     items, findings = read_split(split_dir, meta)
     box_findings, padding = check_boxes(items)
@@ -372,7 +367,8 @@ def report(findings: list[Finding], limit: int = 10) -> None:
             print(f"... and {len(files) - 3} more files: {reason}", file=sys.stderr)
 
 
-def summary(name: str, coco: dict, findings: list[Finding], padding: np.ndarray, path: Path) -> str:
+def summary(name: str, coco: dict, findings: list[Finding], padding: tuple[float, float, float, float],
+            path: Path) -> str:
     """The line a split's conversion ends with: images written, what was done to how many, and
     how its good boxes are padded."""
     counts = {action: sum(f.action == action for f in findings)

@@ -35,13 +35,14 @@ def points_extent(points: np.ndarray) -> np.ndarray:
     return np.concatenate([points.min(axis=0), points.max(axis=0)])
 
 
-def padding_around(boxes: list, extents: list) -> np.ndarray | None:
+def padding_around(boxes: list, extents: list, default: tuple[float, float, float, float] | None = None
+                   ) -> tuple[float, float, float, float] | None:
     """Median padding of face boxes around their landmarks' extents (x1, y1, x2, y2 each), as
-    fractions of the extent's width and height: (left, top, right, bottom); None without an
+    fractions of the extent's width and height: (left, top, right, bottom); `default` without an
     extent of some width and height."""
     ratios = [[(e[0] - b[0]) / (e[2] - e[0]), (e[1] - b[1]) / (e[3] - e[1]), (b[2] - e[2]) / (e[2] - e[0]),
                (b[3] - e[3]) / (e[3] - e[1])] for b, e in zip(boxes, extents) if e[2] > e[0] and e[3] > e[1]]
-    return np.median(ratios, axis=0) if ratios else None
+    return tuple(float(v) for v in np.median(ratios, axis=0)) if ratios else default
 
 
 def box_around(extent: np.ndarray, padding) -> np.ndarray:
@@ -50,6 +51,20 @@ def box_around(extent: np.ndarray, padding) -> np.ndarray:
     width, height = max(extent[2] - extent[0], 1.0), max(extent[3] - extent[1], 1.0)
     return np.array([extent[0] - padding[0] * width, extent[1] - padding[1] * height,
                      extent[2] + padding[2] * width, extent[3] + padding[3] * height], dtype=np.float64)
+
+
+def box_for_landmarks(points: np.ndarray, padding=None, reference: tuple[np.ndarray, np.ndarray] | None = None
+                      ) -> np.ndarray:
+    """The face box (x1, y1, x2, y2) for landmarks (K, 2), placed as known boxes sit around theirs:
+    with `padding` (padding_around's), their extent padded as the training boxes are; with
+    `reference` (box, landmarks) of one face, that box moved with the landmarks' centre and scaled
+    with their spread (the mean of their standard deviations along x and y)."""
+    if reference is None:
+        return box_around(points_extent(points), padding)
+    box, landmarks = reference
+    (centre, spread), (ref_centre, ref_spread) = [(p.mean(axis=0), p.std(axis=0).mean() + 1e-6)
+                                                  for p in (points, landmarks)]
+    return ((np.asarray(box).reshape(2, 2) - ref_centre) * (spread / ref_spread) + centre).reshape(4)
 
 
 def crop_affine(center: np.ndarray, size: float, output_size: int, rotation_deg: float = 0.0) -> np.ndarray:
@@ -100,7 +115,7 @@ class CropGeometry:
     def box_around_landmarks(self, points: np.ndarray) -> np.ndarray:
         """The face box a training label would give these landmarks (K, 2): their extent, padded
         by face_padding (FaceLandmarker refuses to refine without it)."""
-        return box_around(points_extent(points), self.face_padding)
+        return box_for_landmarks(points, self.face_padding)
 
 
 def invert_affine(matrix: np.ndarray) -> np.ndarray:

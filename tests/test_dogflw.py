@@ -332,8 +332,8 @@ def test_a_box_past_the_image_edge_is_cut_there_and_reported(root, tmp_path, cap
 
 
 def test_without_good_boxes_a_repair_pads_as_dogflws_train_boxes(tmp_path):
-    from basics.dogflw import DOGFLW_BOX_PADDING, box_padding_of
-    assert box_padding_of([], []).tolist() == list(DOGFLW_BOX_PADDING) == [0.12, 0.16, 0.14, 0.17]
+    from basics.dogflw import DOGFLW_BOX_PADDING, check_boxes
+    assert list(check_boxes([])[1]) == list(DOGFLW_BOX_PADDING) == [0.12, 0.16, 0.14, 0.17]
 
 
 def test_one_problem_shared_by_many_files_is_summarised(tmp_path, capsys):

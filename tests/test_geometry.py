@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from basics.geometry import (CropGeometry, apply_affine, box_around, box_to_center_size, compose_affine, crop_affine,
-                             flip_points, heatmap_to_input, input_to_heatmap, invert_affine, padding_around,
-                             points_extent, warp_image)
+from basics.geometry import (CropGeometry, apply_affine, box_around, box_for_landmarks, box_to_center_size,
+                             compose_affine, crop_affine, flip_points, heatmap_to_input, input_to_heatmap,
+                             invert_affine, padding_around, points_extent, warp_image)
 
 
 def test_affine_forward_then_inverse_returns_points():
@@ -82,3 +82,22 @@ def test_a_box_drawn_around_landmarks_with_the_boxes_padding_is_the_box_again():
     np.testing.assert_allclose(box_around(points_extent(points), padding), box)
     np.testing.assert_allclose(CropGeometry(64, 1.25, tuple(padding)).box_around_landmarks(points + 5), box + 5)
     assert padding_around([box], [np.array([10.0, 20.0, 10.0, 60.0])]) is None  # no width: no padding to learn
+    np.testing.assert_array_equal(box_for_landmarks(points, padding), box)
+
+
+def test_padding_is_four_floats_or_the_default_without_an_extent_to_measure():
+    points = np.array([[10.0, 20.0], [50.0, 30.0], [30.0, 60.0]])
+    padding = padding_around([[6.0, 12.0, 54.0, 68.0]], [points_extent(points)], (0.3, 0.3, 0.3, 0.3))
+    assert all(type(v) is float for v in padding) and padding == tuple(np.float64([0.1, 0.2, 0.1, 0.2]))
+    assert padding_around([], [], (0.3, 0.3, 0.3, 0.3)) == (0.3, 0.3, 0.3, 0.3)
+    assert padding_around([[6.0, 12.0, 54.0, 68.0]], [np.array([10.0, 20.0, 50.0, 20.0])], (0.3,) * 4) == (0.3,) * 4
+
+
+def test_a_followed_box_moves_and_scales_with_the_landmarks():
+    detected_box, detected = np.array([10.0, 20, 50, 70]), np.array([[20.0, 30], [40, 30], [30, 55]])
+    moved = (detected - [30, 38.33]) * 1.5 + [30 + 7, 38.33 - 4]  # 1.5 times larger, moved (7, -4)
+    box = box_for_landmarks(moved, reference=(detected_box, detected))
+    centre, size = (box[:2] + box[2:]) / 2, box[2:] - box[:2]
+    np.testing.assert_allclose(size, [60, 75], atol=1e-6)
+    np.testing.assert_allclose(centre, np.array([30, 45]) + (np.array([30, 45]) - [30, 38.33]) * 0.5 + [7, -4],
+                               atol=0.01)

@@ -5,19 +5,8 @@ import pytest
 
 from analysis import video
 from analysis.tables import LandmarkTable, read_flat_table, write_flat_table
-from analysis.video import VideoFrames, box_from_landmarks, label_video
+from analysis.video import VideoFrames, label_video
 from conftest import break_video_frame, write_video
-from inference import Face
-
-
-def test_a_followed_box_moves_and_scales_with_the_landmarks():
-    detected = Face(np.array([10.0, 20, 50, 70]), 0.9, np.array([[20.0, 30], [40, 30], [30, 55]]), np.ones(3))
-    moved = (detected.landmarks - [30, 38.33]) * 1.5 + [30 + 7, 38.33 - 4]  # 1.5 times larger, moved (7, -4)
-    box = box_from_landmarks(moved, detected)
-    centre, size = (box[:2] + box[2:]) / 2, box[2:] - box[:2]
-    np.testing.assert_allclose(size, [60, 75], atol=1e-6)
-    np.testing.assert_allclose(centre, np.array([30, 45]) + (np.array([30, 45]) - [30, 38.33]) * 0.5 + [7, -4],
-                               atol=0.01)
 
 
 def test_frames_after_an_undecodable_one_keep_their_position_and_time(tmp_path):
