@@ -1,6 +1,7 @@
 """Stand-in for a person correcting extracted frames: replace each pre-filled label of
 extract_frames.py's output with make_videos.py's truth for that frame (the visible true face
 nearest the model's face); a frame without a visible face is removed."""
+
 import csv
 import json
 import sys

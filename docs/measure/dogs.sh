@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Issue 25: the recipe on real dog faces (dogflw_mini, 323 train / 36 val); run from the repository root.
+# The recipe on real dog faces (dogflw_mini, 323 train / 36 val); run from the repository root.
 set -u
 source .venv/bin/activate
-A=data/dogflw_mini/annotations; R=../shared/data/dogflw_mini
+# Needs DOGFLW_MINI (docs/RESULTS.md) and EPOCHS; each argument is "NAME FLAGS...".
+: "${DOGFLW_MINI:?set DOGFLW_MINI to the dogflw_mini folder (323 train / 36 val real DogFLW photos)}"
+: "${EPOCHS:?set EPOCHS to the epochs of each run, e.g. EPOCHS=40}"
+A=data/dogflw_mini/annotations; R=$DOGFLW_MINI
 common="--data-root $R --ann-root $A --backbone resnet18 --input-size 128 --epochs $EPOCHS --num-workers 2"
 run() {  # NAME FLAGS...
   name=$1; shift

@@ -1,12 +1,13 @@
 """Baseline: the train set's mean landmark shape placed in each val box (box-normalised), scored with NME_IOD."""
+
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from coco_files import load_coco  # noqa: E402
-from evaluate import compute_metrics  # noqa: E402
+import _repo  # the repository on sys.path: docs/measure/_repo.py
+from basics.coco_files import load_coco
+from basics.metrics import compute_metrics
 
 
 def normalised(records):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 25: dogflw_mini val with detected boxes, recut 0, 1 and 2 times around the placed landmarks (--refine).
+# dogflw_mini val with detected boxes, recut 0, 1 and 2 times around the placed landmarks (--refine).
 # Args: the landmark run name and the detector run name (work_dirs/dogs_NAME, work_dirs/dogs_detector_NAME).
 set -u
 source .venv/bin/activate

@@ -1,15 +1,16 @@
-"""Issue 25: annotated-box NME_IOD on the faces a detector found, beside each detected-box score.
+"""Annotated-box NME_IOD on the faces a detector found, beside each detected-box score.
 
 python docs/measure/same_faces.py ANN.json ANNOTATED_METRICS.json DETECTED_METRICS.json ...
 (evaluate.py --out files; per_image_nme is in the annotation's record order)."""
+
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from coco_files import load_coco  # noqa: E402
+import _repo  # the repository on sys.path: docs/measure/_repo.py
+from basics.coco_files import load_coco
 
 files = [r["file"] for r in load_coco(sys.argv[1]).records]
 annotated = np.array(json.loads(Path(sys.argv[2]).read_text())["per_image_nme"])
