@@ -2,10 +2,10 @@
 
 Each sample is one annotated face: its box is padded to a square, warped (with augmentation
 when training) into an input_size x input_size crop, and its landmarks follow the same affine
-transform (geometry.py holds the conventions). Images stay uint8; the model normalises them.
+transform (basics/geometry.py holds the conventions). Images stay uint8; the model normalises them.
 
 Every crop is cut by the dataset's `geometry.CropGeometry`, the one object that evaluation and
-prediction cut theirs with and that checkpoints carry. With a crop cache (crop_cache.py),
+prediction cut theirs with and that checkpoints carry. With a crop cache (basics/crop_cache.py),
 sized by `augmentation_reach` so that every augmented crop lies inside it, samples are warped
 from the cached crop instead of the image; without augmentation a cached sample equals a direct one.
 """

@@ -1,10 +1,11 @@
 """The landmark network: a timm backbone, an FPN fused at stride 4, a heatmap head and its codec.
 
 The model takes uint8-range RGB crops (B, 3, S, S) as float and returns K heatmap logits at
-stride 4; `model.codec` (codec.py) turns them into landmarks and trains them. `predict` is what
+stride 4; `model.codec` (basics/codec.py) turns them into landmarks and trains them. `predict` is what
 evaluation, prediction and export call: crops in, landmarks in crop pixels and confidences out,
 optionally averaged with the mirrored crop's (the flip test). A checkpoint's `model_config`
-holds the constructor's arguments, so `load_landmark_model` rebuilds the network from the file.
+holds the constructor's arguments, so `load_landmark_model` rebuilds the network from the file,
+with the timm host and the input mean and std it was trained with (basics/backbone_weights.py).
 """
 from __future__ import annotations
 

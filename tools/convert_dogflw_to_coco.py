@@ -1,6 +1,6 @@
 """Convert DogFLW (per-image JSON labels) into COCO keypoint files, one per split.
 
-What is read, checked and repaired: dogflw.py's docstring, and the README's "Converter".
+What is read, checked and repaired: basics/dogflw.py's docstring, and docs/USAGE.md's converter section.
 
     python tools/convert_dogflw_to_coco.py --download
     python tools/convert_dogflw_to_coco.py --dogflw-root DIR --out-dir data/dogflw/annotations

@@ -5,7 +5,7 @@
 The ONNX model takes float RGB crops in 0..255, shape (N, 3, S, S) with any batch size N, and
 returns `points` (N, K, 2), landmarks in crop pixels, and `confidence` (N, K). Crops are made as
 in training: the face box padded by `box_padding` to a square that fills the S x S input (see
-geometry.py); the model's metadata holds input_size, box_padding, keypoints and flip_index.
+basics/geometry.py); the model's metadata holds input_size, box_padding, keypoints and flip_index.
 Needs the onnx package; the check needs onnxruntime (pip install onnx onnxruntime).
 """
 from __future__ import annotations
