@@ -15,7 +15,7 @@ test.json is then scored once, at the end, into test_metrics.json.
 
 Reading order: `train` is the run as its steps (set-up, then per epoch `train_epoch` with
 `train_step` and `validate`, then the test score); what every run does, whatever it trains,
-is in training.py, which tools/train_detector.py shares.
+is in training.py, which the detector trainer (detector/train.py) shares.
 """
 from __future__ import annotations
 
@@ -39,17 +39,17 @@ from basics.checkpoints import CHECKPOINT_FORMAT, LANDMARKS, read_checkpoint
 from basics.cli import CommandLineParser, bounded_int, multiple_of_32, number_type
 from basics.coco_files import merge_coco, read_meta_file
 from basics.ema import WeightAverage, copy_tensors
-from basics.errors import CheckpointError, DataError, UsageError, reports_errors
+from basics.errors import CheckpointError, DataError, reports_errors
 from basics.geometry import CropGeometry
 from basics.outputs import check_output_folder, check_writable, write_json
-from basics.run_utils import (broadcast_buffers, broadcast_from_rank0, given_flags, ignore_ctrl_c, seed_everything,
-                              setup_distributed)
+from basics.run_utils import broadcast_buffers
 from basics.visualize import plot_training_curves
-from dataset import Augmentation, EpochSampler, LandmarkDataset, collate_readable
+from dataset import Augmentation, LandmarkDataset, collate_readable
 from inference import evaluate_loader
 from model import LandmarkModel, init_from_checkpoint
-from training import (EpochResult, RESUME_MAY_CHANGE as RUN_MAY_CHANGE, Run, StepResult, add_run_flags, autocast_dtype,
-                      finish_epoch, gradient_scaler, optimise, parse_run, run_epochs, run_folder, schedule)
+from training import (EpochResult, RESUME_MAY_CHANGE as RUN_MAY_CHANGE, Run, StepResult, adopt_architecture,
+                      add_run_flags, begin_run, evaluation_loader, finish_epoch, loader_settings, optimise, parse_run,
+                      run_epochs, training_loader)
 
 AUGMENTATION_LIMITS = {"scale": (0, 0.9), "rotation": (0, 180), "shift": (0, 1), "flip_prob": (0, 1),
                        "color": (0, 0.9), "blur_prob": (0, 1), "noise_prob": (0, 1), "erase_prob": (0, 1)}
@@ -61,7 +61,8 @@ AUGMENTATION_HELP = {"scale": "crop side times a factor in 1 +- this", "rotation
                      "erase_prob": "one random rectangle filled with noise"}
 # what --resume takes from the command line besides the run flags; every other setting is the run's own
 RESUME_MAY_CHANGE = (*RUN_MAY_CHANGE, "meta", "crop_cache", "no_crop_cache", "compile")
-ARCHITECTURE = ("backbone", "neck_channels", "heatmap_stride")  # what --init-from's checkpoint decides
+# what --init-from's checkpoint decides: flag destination -> its model config's key
+ARCHITECTURE = {name: name for name in ("backbone", "neck_channels", "heatmap_stride")}
 
 
 def add_data_flags(parser: CommandLineParser) -> None:
@@ -149,14 +150,7 @@ def parse_run_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, d
     args, checkpoint = parse_run(parser, argv, LANDMARKS, RESUME_MAY_CHANGE)
     if args.coord_loss_weight == 0 and args.heatmap_loss_weight == 0:
         parser.error("--heatmap-loss-weight and --coord-loss-weight are both 0: nothing would be learned")
-    if args.init_from and not args.resume:
-        config = read_checkpoint(args.init_from, LANDMARKS, mmap=True)["model_config"]
-        given = given_flags(parser, argv)
-        for dest in ARCHITECTURE:
-            if dest in given and getattr(args, dest) != config[dest]:
-                raise UsageError(f"--{dest.replace('_', '-')} {getattr(args, dest)}: --init-from {args.init_from} "
-                                 f"has {config[dest]}; leave the flag out to take the checkpoint's")
-            setattr(args, dest, config[dest])
+    adopt_architecture(parser, argv, args, LANDMARKS, ARCHITECTURE)
     return args, checkpoint
 
 
@@ -213,8 +207,8 @@ def checkpoint_bytes(model: LandmarkModel) -> int:
 
 
 @dataclass
-class Data:
-    """The training and validation sets with their sampler and loaders, and the test file that is
+class LandmarkData:
+    """The landmark training and validation sets with their sampler and loaders, and the test file that is
     scored once at the end (None if there is none, or validation is on it)."""
     train_set: LandmarkDataset
     val_set: LandmarkDataset
@@ -274,14 +268,8 @@ def use_crop_caches(datasets: list[LandmarkDataset], cache_dir: str | Path, rank
             dataset.use_cache(cache_dir, build=False)
 
 
-def evaluation_loader(dataset: LandmarkDataset, batch_size: int, rank: int, world_size: int, workers: dict
-                      ) -> DataLoader:
-    """A loader of each rank's share of an evaluation set."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=range(rank, len(dataset), world_size), **workers)
-
-
 def build_loaders(args: argparse.Namespace, train_set: LandmarkDataset, val_set: LandmarkDataset,
-                  test_file: Path | None, rank: int, world_size: int, device: torch.device) -> Data:
+                  test_file: Path | None, rank: int, world_size: int, device: torch.device) -> LandmarkData:
     """The crop caches and loaders: each rank trains on its share of every epoch and validates on its
     share of the validation set."""
     if not args.no_crop_cache:
@@ -289,12 +277,9 @@ def build_loaders(args: argparse.Namespace, train_set: LandmarkDataset, val_set:
         if rank == 0:
             check_output_folder(cache_dir, "--crop-cache")
         use_crop_caches([train_set, val_set], cache_dir, rank, world_size, args.num_workers)
-    sampler = EpochSampler(len(train_set), args.batch_size, args.seed, rank, world_size)
-    workers = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
-                   worker_init_fn=ignore_ctrl_c, pin_memory=device.type == "cuda", collate_fn=collate_readable)
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **workers)
-    val_loader = evaluation_loader(val_set, args.batch_size * 2, rank, world_size, workers)
-    return Data(train_set, val_set, train_loader, val_loader, test_file)
+    settings = loader_settings(args, device, collate_readable)
+    return LandmarkData(train_set, val_set, training_loader(train_set, args, settings, rank, world_size),
+                        evaluation_loader(val_set, args.batch_size * 2, settings, rank, world_size), test_file)
 
 
 @dataclass
@@ -372,13 +357,11 @@ def build_run(args: argparse.Namespace, model: LandmarkModel, meta: dict, keypoi
         model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         forward = torch.compile(forward)
-    optimizer = build_optimizer(model, args)
-    amp_dtype = autocast_dtype(device)
-    return LandmarkRun(args, device, model, optimizer, schedule(optimizer, round(args.warmup_epochs * steps_per_epoch),
-                                                                 args.epochs * steps_per_epoch),
-                       gradient_scaler(amp_dtype), amp_dtype, rank, world_size, meta=meta,
-                       keypoint_weights=keypoint_weights.to(device), forward=forward, ema=ema,
-                       memory_format=memory_format, geometry=geometry or CropGeometry(args.input_size, args.box_padding))
+    return LandmarkRun.create(args, device, model, build_optimizer(model, args),
+                              round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch, rank,
+                              world_size, meta=meta, keypoint_weights=keypoint_weights.to(device), forward=forward,
+                              ema=ema, memory_format=memory_format,
+                              geometry=geometry or CropGeometry(args.input_size, args.box_padding))
 
 
 def train_step(run: LandmarkRun, batch: dict, stop_requested: bool = False) -> StepResult | None:
@@ -406,7 +389,7 @@ def train_step(run: LandmarkRun, batch: dict, stop_requested: bool = False) -> S
     return result
 
 
-def validate(run: LandmarkRun, data: Data, epoch: int, trained: EpochResult, started: float) -> None:
+def validate(run: LandmarkRun, data: LandmarkData, epoch: int, trained: EpochResult, started: float) -> None:
     """Score the EMA model on the validation set, then training.finish_epoch (metrics.jsonl,
     last.pth, best.pth)."""
     broadcast_buffers(run.eval_model)  # the model rank 0 saves is the one every rank evaluates
@@ -423,14 +406,15 @@ def validate(run: LandmarkRun, data: Data, epoch: int, trained: EpochResult, sta
         run.log(f"warning: {path}: cannot read image; skipped")
 
 
-def score_test(run: LandmarkRun, data: Data) -> dict:
+def score_test(run: LandmarkRun, data: LandmarkData) -> dict:
     """best.pth, chosen on validation, scored once on the test file, plain and with the flip test,
     into test_metrics.json in the run folder."""
     run.eval_model.load_state_dict(read_checkpoint(run.work_dir / "best.pth", LANDMARKS)["model"])
     test_set = LandmarkDataset(data.test_file, run.args.data_root, run.geometry.input_size, run.geometry.box_padding,
                                meta_override=data.train_set.meta)
-    loader = evaluation_loader(test_set, run.args.batch_size * 2, run.rank, run.world_size,
-                               dict(num_workers=run.args.num_workers, collate_fn=collate_readable))
+    loader = evaluation_loader(test_set, run.args.batch_size * 2,
+                               dict(num_workers=run.args.num_workers, collate_fn=collate_readable), run.rank,
+                               run.world_size)
     scores = {name: evaluate_loader(run.eval_model, loader, run.device, flip)[0] for name, flip in (("plain", False),
                                                                                          ("flip_test", True))}
     if run.is_main:
@@ -442,15 +426,13 @@ def score_test(run: LandmarkRun, data: Data) -> dict:
     return scores
 
 
-def set_up(args: argparse.Namespace, checkpoint: dict | None) -> tuple[LandmarkRun, Data, tuple[int, int]]:
+def set_up(args: argparse.Namespace, checkpoint: dict | None) -> tuple[LandmarkRun, LandmarkData, tuple[int, int]]:
     """Everything before the first step, ordered so that a mistake is refused before slow work:
-    device and run folder, annotations, model (and backbone weights), disk space, keypoint
-    weights, crop caches and loaders, optimiser, and a resumed run's state. Returns the run, its
-    data and the (epoch, batch) to start from."""
-    seed_everything(args.seed)
-    rank, world_size, device = setup_distributed(args.device)
-    default = f"work_dirs/{args.backbone}_{args.input_size}"
-    args.work_dir = broadcast_from_rank0(run_folder(args, default) if rank == 0 else None)
+    training.begin_run (checkpoint, seed, device and processes, run folder), annotations, model
+    (and backbone weights), disk space, keypoint weights, crop caches and loaders, optimiser, and
+    a resumed run's state. Returns the run, its data and the (epoch, batch) to start from."""
+    checkpoint, rank, world_size, device = begin_run(args, checkpoint, LANDMARKS,
+                                                     f"work_dirs/{args.backbone}_{args.input_size}", distributed=True)
     train_set, val_set, test_file = load_datasets(args, world_size)
     meta = train_set.meta
     model = create_model(args, meta["num_keypoints"], checkpoint)
@@ -463,7 +445,7 @@ def set_up(args: argparse.Namespace, checkpoint: dict | None) -> tuple[LandmarkR
     run = build_run(args, model, meta, keypoint_weights, data.train_loader.sampler.batches_per_epoch, device, rank,
                     world_size, train_set.geometry)
     run.annotations = {"train": train_set.digest, "val": val_set.digest}
-    start = run.restore(checkpoint) if checkpoint is not None else (1, 0)
+    start = run.start(checkpoint)
     run.log(f"{len(train_set)} train / {len(val_set)} val images, {meta['num_keypoints']} landmarks; "
             f"{args.backbone} at {args.input_size} on {device}"
             + (f" x {world_size} processes" if world_size > 1 else "") + f"; run folder {run.work_dir}")
@@ -473,8 +455,6 @@ def set_up(args: argparse.Namespace, checkpoint: dict | None) -> tuple[LandmarkR
 def train(args: argparse.Namespace, checkpoint: dict | None = None) -> float:
     """The whole run; returns the best validation NME_IOD. Under torchrun every rank trains on its
     share of each epoch; rank 0 alone prints, writes metrics.jsonl and saves checkpoints."""
-    if args.resume and checkpoint is None:
-        checkpoint = read_checkpoint(args.resume, LANDMARKS)
     run, data, start = set_up(args, checkpoint)
 
     run_epochs(run, data, start, train_step, validate)

@@ -1,11 +1,14 @@
 """What every training run does, whatever it trains: the skeleton both trainers share.
 
-train_simple.py (landmarks) and tools/train_detector.py (face boxes) each supply what is their
+train_simple.py (landmarks) and detector/train.py (face boxes) each supply what is their
 own: data, model, the forward pass and loss of a step, and validation. The rest lives here, once:
-- the run flags both take (`add_run_flags`) and --resume's settings and checkpoint (`parse_run`);
-- the run folder, never another run's (`run_folder`);
+- the run flags both take (`add_run_flags`), --resume's settings and checkpoint (`parse_run`) and
+  --init-from's architecture (`adopt_architecture`);
+- the start of every set-up: checkpoint, seed, device, and the run folder, never another run's
+  (`begin_run`, `run_folder`);
+- the loaders' settings, the training loader and the evaluation loader;
 - mixed precision (`autocast_dtype`), the warm-up + cosine schedule (`warmup_cosine`);
-- `Run`, the state every run holds, and what last.pth keeps of it and restores;
+- `Run`, the state every run holds (`Run.create`), and what last.pth keeps of it and restores;
 - `optimise`: backward, the gradient norm, the one host sync, and the step only when finite;
 - `train_epoch` with the non-finite-step guard and the unreadable-image bound, `finish_epoch`
   (metrics.jsonl line, last.pth, best.pth), and `run_epochs`, the loop with the stop and halt
@@ -21,13 +24,16 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from basics.checkpoints import TRAINING_STATE_KEYS, read_checkpoint, save_checkpoint
+from basics.checkpoints import CONFIG_KEYS, TRAINING_STATE_KEYS, read_checkpoint, save_checkpoint
 from basics.cli import bounded_int, fraction
 from basics.errors import CheckpointError, Interrupted, TrainingStopped, UsageError, UserFacingError
-from basics.run_utils import MetricsLog, StopRequest, choose_work_dir, resumed_settings, sum_across_ranks
+from basics.run_utils import (MetricsLog, StopRequest, broadcast_from_rank0, choose_work_dir, given_flags,
+                              ignore_ctrl_c, pick_device, resumed_settings, seed_everything, setup_distributed,
+                              sum_across_ranks)
+from dataset import EpochSampler
 
 MAX_SEED = 2**32 - 1  # NumPy's and torch's seeds
 # what --resume takes from the command line in both trainers; every other setting is the run's own
@@ -73,6 +79,36 @@ def parse_run(parser: argparse.ArgumentParser, argv: list[str] | None, kind: str
     return args, checkpoint
 
 
+def adopt_architecture(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace,
+                       kind: str, flags: dict[str, str]) -> dict | None:
+    """With --init-from (and no --resume) the architecture is the checkpoint's: each flag of `flags`
+    (its destination: the model config's key) takes the config's value, and one the command line
+    gives another value is refused. Returns the checkpoint's model config, or None."""
+    if not args.init_from or args.resume:
+        return None
+    config = read_checkpoint(args.init_from, kind, mmap=True)[CONFIG_KEYS[kind]]
+    given = given_flags(parser, argv)
+    for dest, key in flags.items():
+        if dest in given and getattr(args, dest) != config[key]:
+            raise UsageError(f"--{dest.replace('_', '-')} {getattr(args, dest)}: --init-from {args.init_from} "
+                             f"has {config[key]}; leave the flag out to take the checkpoint's")
+        setattr(args, dest, config[key])
+    return config
+
+
+def begin_run(args: argparse.Namespace, checkpoint: dict | None, kind: str, default_work_dir: str,
+              distributed: bool = False) -> tuple[dict | None, int, int, torch.device]:
+    """What every set-up begins with: with --resume its checkpoint (read here unless given), the
+    seeded random streams, the device (with `distributed`, torchrun's rank and process group), and
+    the run folder, chosen on rank 0. Returns the checkpoint, the rank, the world size and the device."""
+    if args.resume and checkpoint is None:
+        checkpoint = read_checkpoint(args.resume, kind)
+    seed_everything(args.seed)
+    rank, world_size, device = setup_distributed(args.device) if distributed else (0, 1, pick_device(args.device))
+    args.work_dir = broadcast_from_rank0(run_folder(args, default_work_dir) if rank == 0 else None)
+    return checkpoint, rank, world_size, device
+
+
 def run_folder(args: argparse.Namespace, default: str) -> str:
     """The run folder: with --resume the checkpoint's own, or --work-dir when that holds no other
     run (the resumed run's metrics.jsonl comes along); else as run_utils.choose_work_dir."""
@@ -87,6 +123,27 @@ def run_folder(args: argparse.Namespace, default: str) -> str:
             target.mkdir(parents=True, exist_ok=True)
             MetricsLog(target / "metrics.jsonl").rewrite(records)
     return str(target)
+
+
+def loader_settings(args: argparse.Namespace, device: torch.device, collate_fn: Callable) -> dict:
+    """What every loader of a run shares: --num-workers worker processes that stay from epoch to
+    epoch and leave Ctrl-C to the main process, pinned memory for CUDA, the trainer's `collate_fn`."""
+    return dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0, worker_init_fn=ignore_ctrl_c,
+                pin_memory=device.type == "cuda", collate_fn=collate_fn)
+
+
+def training_loader(dataset: Dataset, args: argparse.Namespace, settings: dict, rank: int = 0,
+                    world_size: int = 1) -> DataLoader:
+    """This rank's share of every epoch in batches of --batch-size, in the order EpochSampler draws
+    from --seed and the epoch; the short last batch is left out."""
+    sampler = EpochSampler(len(dataset), args.batch_size, args.seed, rank, world_size)
+    return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True, **settings)
+
+
+def evaluation_loader(dataset: Dataset, batch_size: int, settings: dict, rank: int = 0,
+                      world_size: int = 1) -> DataLoader:
+    """This rank's share of an evaluation set, every image once, in order."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=range(rank, len(dataset), world_size), **settings)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -139,6 +196,16 @@ class Run:
     def __post_init__(self):
         self.best = math.inf if self.LOWER_IS_BETTER else -math.inf
 
+    @classmethod
+    def create(cls, args: argparse.Namespace, device: torch.device, model: torch.nn.Module,
+               optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, rank: int = 0,
+               world_size: int = 1, **own) -> Run:
+        """A new run of `model` and `optimizer` on the warm-up + cosine schedule, in the device's mixed
+        precision (with a gradient scaler for fp16); `own` are the trainer's fields of its subclass."""
+        amp_dtype = autocast_dtype(device)
+        return cls(args, device, model, optimizer, schedule(optimizer, warmup_steps, total_steps),
+                   gradient_scaler(amp_dtype), amp_dtype, rank, world_size, **own)
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -176,6 +243,10 @@ class Run:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def start(self, checkpoint: dict | None) -> tuple[int, int]:
+        """The (epoch, batch) the run begins at: (1, 0), or where a resumed `checkpoint` left it."""
+        return (1, 0) if checkpoint is None else self.restore(checkpoint)
 
     def restore(self, checkpoint: dict) -> tuple[int, int]:
         """Put the run where `checkpoint` left it (weights, optimiser, schedule, random stream, best

@@ -28,14 +28,13 @@ from torch.utils.data import DataLoader
 from basics.annotation_files import DEFAULT_ANN_ROOT, prepare_annotations
 from basics.checkpoints import CHECKPOINT_FORMAT, DETECTOR, read_checkpoint
 from basics.cli import CommandLineParser, bounded_int, multiple_of_32, number_type
-from basics.errors import CheckpointError, DataError, UsageError, reports_errors
+from basics.errors import CheckpointError, DataError, reports_errors
 from basics.outputs import check_writable
-from basics.run_utils import given_flags, ignore_ctrl_c, pick_device, seed_everything
-from dataset import EpochSampler
 from detector.model import DETECTORS, box_average_precision, create_detector, detections
 from detector.scenes import FaceBoxes, SceneAugmentation, collate_images
-from training import (EpochResult, RESUME_MAY_CHANGE, Run, StepResult, add_run_flags, autocast_dtype, finish_epoch,
-                      gradient_scaler, optimise, parse_run, run_epochs, run_folder, schedule)
+from training import (EpochResult, RESUME_MAY_CHANGE, Run, StepResult, adopt_architecture, add_run_flags, begin_run,
+                      evaluation_loader, finish_epoch, loader_settings, optimise, parse_run, run_epochs,
+                      training_loader)
 
 MAX_GRAD_NORM = 10.0  # early FCOS losses spike
 SCENE_HELP = {"mosaic_prob": "2 to 4 training images tiled into one canvas",
@@ -44,7 +43,8 @@ SCENE_HELP = {"mosaic_prob": "2 to 4 training images tiled into one canvas",
               "face_small": "smallest face side / canvas short side of a zoom",
               "face_large": "largest face side / canvas short side of a zoom",
               "flip_prob": "horizontal mirror", "canvas": "long side of a composed image in pixels"}
-ARCHITECTURE = ("model", "min_size", "max_size")  # what --init-from's checkpoint decides
+# what --init-from's checkpoint decides: flag destination -> its detector config's key
+ARCHITECTURE = {"model": "name", "min_size": "min_size", "max_size": "max_size"}
 
 
 def build_parser() -> CommandLineParser:
@@ -84,14 +84,8 @@ def parse_run_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, d
     --init-from, the architecture is the checkpoint's."""
     parser = build_parser()
     args, checkpoint = parse_run(parser, argv, DETECTOR, RESUME_MAY_CHANGE)
-    if args.init_from and not args.resume:
-        config = read_checkpoint(args.init_from, DETECTOR, mmap=True)["detector_config"]
-        given = given_flags(parser, argv)
-        for dest, key in zip(ARCHITECTURE, ("name", "min_size", "max_size")):
-            if dest in given and getattr(args, dest) != config[key]:
-                raise UsageError(f"--{dest.replace('_', '-')} {getattr(args, dest)}: --init-from {args.init_from} "
-                                 f"has {config[key]}; leave the flag out to take the checkpoint's")
-            setattr(args, dest, config[key])
+    config = adopt_architecture(parser, argv, args, DETECTOR, ARCHITECTURE)
+    if config is not None:
         args.no_pretrained = not config["pretrained"]  # the layout of its normalisation layers (frozen or not)
     if args.min_size > args.max_size:
         parser.error(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")
@@ -123,14 +117,14 @@ class DetectorRun(Run):
 
 
 @dataclass
-class Data:
-    """The validation images, and the loaders of both sets."""
+class DetectorData:
+    """The validation file's face boxes, and the loaders of the training scenes and of the validation images."""
     val_set: FaceBoxes
     train_loader: DataLoader
     val_loader: DataLoader
 
 
-def build_loaders(args: argparse.Namespace, device: torch.device) -> Data:
+def build_loaders(args: argparse.Namespace, device: torch.device) -> DetectorData:
     """The face boxes of the training file (composed into scenes) and of the validation file."""
     files = prepare_annotations(args.ann_root, args.data_root, args.val_fraction)
     scenes = SceneAugmentation(**{spec.name: getattr(args, spec.name) for spec in fields(SceneAugmentation)})
@@ -138,11 +132,9 @@ def build_loaders(args: argparse.Namespace, device: torch.device) -> Data:
     val_set = FaceBoxes(files.val, args.data_root)
     if len(train_set) < args.batch_size:
         raise DataError(f"{files.train}: {len(train_set)} images, fewer than one batch of {args.batch_size}")
-    workers = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
-                   worker_init_fn=ignore_ctrl_c, pin_memory=device.type == "cuda", collate_fn=collate_images)
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, drop_last=True,
-                              sampler=EpochSampler(len(train_set), args.batch_size, args.seed), **workers)
-    return Data(val_set, train_loader, DataLoader(val_set, batch_size=args.batch_size, **workers))
+    settings = loader_settings(args, device, collate_images)
+    return DetectorData(val_set, training_loader(train_set, args, settings),
+                        evaluation_loader(val_set, args.batch_size, settings))
 
 
 def create_model(args: argparse.Namespace, checkpoint: dict | None) -> torch.nn.Module:
@@ -160,21 +152,18 @@ def create_model(args: argparse.Namespace, checkpoint: dict | None) -> torch.nn.
     return model
 
 
-def set_up(args: argparse.Namespace, checkpoint: dict | None) -> tuple[DetectorRun, Data, tuple[int, int]]:
-    """Device, run folder, data, detector, AdamW with warm-up + cosine, and a resumed run's state."""
-    seed_everything(args.seed)
-    device = pick_device(args.device)
-    args.work_dir = run_folder(args, f"work_dirs/detector_{args.model}")
+def set_up(args: argparse.Namespace, checkpoint: dict | None) -> tuple[DetectorRun, DetectorData, tuple[int, int]]:
+    """training.begin_run (checkpoint, seed, device, run folder), data, detector, AdamW with
+    warm-up + cosine, and a resumed run's state."""
+    checkpoint, _, _, device = begin_run(args, checkpoint, DETECTOR, f"work_dirs/detector_{args.model}")
     data = build_loaders(args, device)
     model = create_model(args, checkpoint).to(device)
     check_writable(Path(args.work_dir), 8 * sum(p.numel() * p.element_size() for p in model.parameters()))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                   weight_decay=args.weight_decay)
     steps = data.train_loader.sampler.batches_per_epoch
-    amp_dtype = autocast_dtype(device)
-    run = DetectorRun(args, device, model, optimizer, schedule(optimizer, steps, args.epochs * steps),
-                      gradient_scaler(amp_dtype), amp_dtype)
-    start = (1, 0) if checkpoint is None else run.restore(checkpoint)
+    run = DetectorRun.create(args, device, model, optimizer, steps, args.epochs * steps)
+    start = run.start(checkpoint)
     run.log(f"{len(data.train_loader.dataset)} train / {len(data.val_set)} val images; {args.model} on {device}; "
             f"run folder {run.work_dir}")
     return run, data, start
@@ -193,7 +182,7 @@ def train_step(run: DetectorRun, batch: dict, stop_requested: bool = False) -> S
 
 
 @torch.no_grad()
-def validate(run: DetectorRun, data: Data, epoch: int, trained: EpochResult, started: float) -> None:
+def validate(run: DetectorRun, data: DetectorData, epoch: int, trained: EpochResult, started: float) -> None:
     """Box AP on the validation file (every detection the model keeps), then training.finish_epoch."""
     run.model.eval()
     ids, boxes, scores, unreadable = [], [], [], []
@@ -213,8 +202,6 @@ def validate(run: DetectorRun, data: Data, epoch: int, trained: EpochResult, sta
 
 def train(args: argparse.Namespace, checkpoint: dict | None = None) -> float:
     """The whole run; returns the best box AP@[.5:.95]."""
-    if args.resume and checkpoint is None:
-        checkpoint = read_checkpoint(args.resume, DETECTOR)
     run, data, start = set_up(args, checkpoint)
 
     run_epochs(run, data, start, train_step, validate)

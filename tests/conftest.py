@@ -137,6 +137,33 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "ann": base / "ann", "run": base / "run", "checkpoint": base / "run" / "best.pth"}
 
 
+# a landmark run small enough for a test: 64 px crops of a random resnet18, no worker processes
+SMALL_RUN = ["--backbone", "resnet18", "--input-size", "64", "--no-pretrained", "--batch-size", "8",
+             "--num-workers", "0"]
+
+
+@pytest.fixture(scope="session")
+def toy_ann(tmp_path_factory) -> Path:
+    """48 training faces (12 batches of 4 per epoch) and 8 validation faces, 8 landmarks."""
+    from basics.dogflw import convert
+    root = make_faces(tmp_path_factory.mktemp("toy"), {"train": 48, "val": 8}, SMALL_META)
+    convert(root, root / "ann", SMALL_META)
+    return root / "ann"
+
+
+def toy_args(ann: Path, run: Path, *extra: str) -> list[str]:
+    """train_simple.py's flags for 3 epochs of SMALL_RUN in batches of 4 on `ann`, into `run`."""
+    return ["--ann-root", str(ann), *SMALL_RUN, "--batch-size", "4", "--epochs", "3", "--work-dir", str(run), *extra]
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(toy_ann, tmp_path_factory) -> Path:
+    """The folder of a 3-epoch run on toy_ann that nothing disturbed."""
+    run = tmp_path_factory.mktemp("uninterrupted")
+    run_cli("train_simple.py", *toy_args(toy_ann, run))
+    return run
+
+
 def two_face_scene(root: Path, out: Path, names=("val_0000", "val_0001")) -> tuple[np.ndarray, np.ndarray]:
     """A picture of two face images of `root`'s val split side by side, 8 px apart, written to
     `out`; returns their boxes (2, 4) and landmarks (2, K, 2) in it."""
