@@ -449,6 +449,9 @@ def set_up(args: argparse.Namespace, checkpoint: dict | None) -> tuple[LandmarkR
     run.log(f"{len(train_set)} train / {len(val_set)} val images, {meta['num_keypoints']} landmarks; "
             f"{args.backbone} at {args.input_size} on {device}"
             + (f" x {world_size} processes" if world_size > 1 else "") + f"; run folder {run.work_dir}")
+    if device.type == "cpu" and args.backbone.startswith("hrnet"):
+        run.log(f"{args.backbone} is the GPU recipe: on a CPU a run takes days. The CPU route: --backbone "
+                "efficientnet_lite0 --input-size 160 --sigma 3 (ImageNet weights that come with pip)")
     return run, data, start
 
 

@@ -36,6 +36,7 @@ from basics.run_utils import (MetricsLog, StopRequest, broadcast_from_rank0, cho
 from dataset import EpochSampler
 
 MAX_SEED = 2**32 - 1  # NumPy's and torch's seeds
+COST_AFTER_STEPS = 20  # a run says what it will cost after this many steps
 # what --resume takes from the command line in both trainers; every other setting is the run's own
 RESUME_MAY_CHANGE = ("resume", "epochs", "work_dir", "data_root", "ann_root", "device", "num_workers",
                      "max_nonfinite_steps", "max_unreadable")
@@ -190,6 +191,8 @@ class Run:
     best: float = field(init=False)
     metrics: dict | None = None  # the last validation's
     bad_steps: int = 0  # non-finite steps in a row
+    total_steps: int = 0  # of the whole run, for the estimate of its cost
+    cost_told: bool = False
     BEST_KEY: ClassVar[str] = "best"  # the checkpoint entry of the best validation score
     LOWER_IS_BETTER: ClassVar[bool] = True
 
@@ -204,7 +207,7 @@ class Run:
         precision (with a gradient scaler for fp16); `own` are the trainer's fields of its subclass."""
         amp_dtype = autocast_dtype(device)
         return cls(args, device, model, optimizer, schedule(optimizer, warmup_steps, total_steps),
-                   gradient_scaler(amp_dtype), amp_dtype, rank, world_size, **own)
+                   gradient_scaler(amp_dtype), amp_dtype, rank, world_size, total_steps=total_steps, **own)
 
     @property
     def is_main(self) -> bool:
@@ -342,6 +345,23 @@ class EpochResult:
     unreadable: list[str]
 
 
+def duration(seconds: float) -> str:
+    """A duration as a person says it: minutes, hours or days."""
+    for unit, size in (("days", 86400), ("h", 3600)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{max(1, round(seconds / 60))} min"
+
+
+def tell_cost(run: Run, steps_timed: int, seconds: float, batch_images: int) -> None:
+    """One line, once a run: what its steps left will cost at the speed of the steps timed so far."""
+    rate = steps_timed * batch_images / seconds
+    left = (run.total_steps - run.scheduler.last_epoch) * batch_images / rate
+    run.log(f"estimated time for the whole run: {duration(left)} ({rate:.1f} images/s on {run.device.type}; "
+            "training steps, validation apart)")
+    run.cost_told = True
+
+
 def train_epoch(run: Run, loader: DataLoader, epoch: int, start_batch: int, stop: StopRequest,
                 step: Callable[[dict, bool], StepResult | None]) -> EpochResult:
     """Train one epoch, from batch `start_batch` when resuming inside it. `step(batch,
@@ -352,6 +372,7 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, start_batch: int, stop
     sampler = loader.sampler
     sampler.set_epoch(epoch, start_batch)
     start, sums, steps_done, unreadable = time.time(), {}, 0, []
+    timed_from = start  # from the end of the first step, which warms up
     limit = run.args.max_unreadable * sampler.batches_per_epoch * loader.batch_size
     bar = tqdm(loader, desc=f"epoch {epoch}/{run.args.epochs}", mininterval=1.0, dynamic_ncols=True,
                disable=not run.is_main)
@@ -370,6 +391,11 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, start_batch: int, stop
                 run.bad_steps, steps_done = 0, steps_done + 1
                 for key, value in [("loss", result.loss), *result.parts.items()]:
                     sums[key] = sums.get(key, 0.0) + value
+                if steps_done == 1:
+                    timed_from = time.time()
+                if not run.cost_told and (steps_done == COST_AFTER_STEPS or (
+                        steps_done > 1 and i + 1 == sampler.batches_per_epoch)):
+                    tell_cost(run, steps_done - 1, time.time() - timed_from, loader.batch_size * run.world_size)
             else:
                 count_bad_step(run, epoch, i)
             bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}", refresh=False)

@@ -251,3 +251,9 @@ def test_init_from_a_checkpoint_takes_its_weights_with_the_same_and_with_other_l
                                          "--backbone", "hrnet_w32"))
     assert train_simple.main(toy_args(toy_ann, tmp_path / "trained", "--epochs", "1", "--init-from",
                                       str(uninterrupted_run / "best.pth"))) == 0
+
+
+def test_hrnet_on_a_cpu_names_the_cpu_route(toy_ann, tmp_path, capsys):
+    train_simple.set_up(train_simple.parse_args(
+        toy_args(toy_ann, tmp_path / "run", "--backbone", "hrnet_w18_small")), None)
+    assert "on a CPU a run takes days. The CPU route: --backbone efficientnet_lite0" in capsys.readouterr().out

@@ -3,6 +3,7 @@ Ctrl-C or killed resumes to the weights of the run nothing interrupted; non-fini
 steps and unreadable images are skipped and bounded; --resume continues a run with its own
 settings; a run folder never receives another run. The landmark trainer drives it here."""
 import json
+import re
 import signal
 import subprocess
 from collections import namedtuple
@@ -246,3 +247,18 @@ def test_resume_into_a_folder_holding_another_run_is_refused_and_into_a_new_one_
                               "--work-dir", str(fresh)]) == 0
     assert [r["epoch"] for r in run_utils.MetricsLog(fresh / "metrics.jsonl").read()] == [1, 2, 3, 4]
     assert [r["epoch"] for r in run_utils.MetricsLog(uninterrupted_run / "metrics.jsonl").read()] == [1, 2, 3]
+
+
+def test_durations_read_as_minutes_hours_or_days():
+    assert [training.duration(s) for s in (10, 90 * 60, 3 * 3600, 5 * 86400)] == ["1 min", "90 min", "3.0 h",
+                                                                                    "5.0 days"]
+
+
+def test_a_run_says_what_it_will_cost_once_within_its_first_steps(toy_ann, tmp_path, capsys):
+    assert train_simple.main(toy_args(toy_ann, tmp_path / "run", "--epochs", "2")) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("estimated time")]
+    assert len(lines) == 1, lines
+    assert re.fullmatch(r"estimated time for the whole run: \d+ min \([\d.]+ images/s on cpu; "
+                        r"training steps, validation apart\)", lines[0])
+
+
