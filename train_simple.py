@@ -97,7 +97,8 @@ def add_model_flags(parser: CommandLineParser) -> None:
     """The network, its loss and its optimisation."""
     net = parser.add_argument_group("model")
     net.add_argument("--backbone", default="hrnet_w32", help="hrnet_w32, tf_efficientnetv2_s or any timm "
-                     "model with features_only")
+                     "model with features_only; efficientnet_lite0 takes its ImageNet weights from a pip package "
+                     "(no download: the CPU route)")
     net.add_argument("--neck-channels", type=bounded_int(1, 4096), default=64,
                      help="width of the FPN and heatmap head")
     net.add_argument("--heatmap-stride", type=int, choices=(2, 4), default=4, help="4: heatmaps at a quarter of the "
