@@ -21,7 +21,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from basics.cli import CommandLineParser, bounded_int, fraction, non_negative_int
+from basics.cli import CommandLineParser, bounded_int, non_negative_int
 from basics.coco_files import read_meta_file
 from basics.errors import DataError, UsageError, reports_errors
 from basics.geometry import box_iou, greedy_match
@@ -30,7 +30,7 @@ from basics.metrics import FAILURE_THRESHOLD, format_summary
 from basics.outputs import check_output_file, check_output_folder, write_json
 from basics.visualize import draw_landmarks, plot_ced
 from dataset import LandmarkDataset, collate_readable
-from inference import FaceDetector, FaceLandmarker, LandmarkPredictor, evaluate_loader, scored_metrics
+from inference import FaceLandmarker, add_landmarker_flags, evaluate_loader, landmarker_from_args, scored_metrics
 
 MATCH_IOU = 0.3  # with --detector, the least overlap of a detected face with the annotated one
 
@@ -84,22 +84,16 @@ def evaluate_with_detector(landmarker: FaceLandmarker, dataset: LandmarkDataset,
 
 def build_parser() -> CommandLineParser:
     parser = CommandLineParser(description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
+    add_landmarker_flags(parser, "best.pth or last.pth from train_simple.py",
+                         "best.pth of tools/train_detector.py: crop around the face boxes it finds instead of the "
+                         "annotated ones (faces it misses are counted)", boxes_given=True)
     parser.add_argument("--ann", required=True, help="COCO keypoints file to score against")
     parser.add_argument("--data-root", help="folder the annotation's file names are relative to "
                         "(default: the one recorded by the converter)")
     parser.add_argument("--meta", help="keypoint metadata JSON for a COCO file whose category lacks flip_index "
                         "or iod_pair (the converter's --meta format)")
-    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=bounded_int(1, 65_536), default=64, help="crops per forward pass")
     parser.add_argument("--num-workers", type=bounded_int(0, 256), default=2, help="DataLoader worker processes")
-    parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's prediction")
-    parser.add_argument("--detector", help="best.pth of tools/train_detector.py: crop around the face boxes it "
-                        "finds instead of the annotated ones (faces it misses are counted)")
-    parser.add_argument("--score-threshold", type=fraction, default=0.5, help="with --detector, the least score "
-                        "of a face")
-    parser.add_argument("--refine", type=bounded_int(0, 10), default=0, metavar="N", help="with --detector, cut "
-                        "each face's crop N more times around the landmarks placed, padded as the training boxes are")
     parser.add_argument("--out", help="write all metrics to this JSON file")
     parser.add_argument("--vis", type=non_negative_int, default=0, metavar="N",
                         help="write ced.png and overlays of the N worst and N random images")
@@ -134,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         check_output_file(args.out, "--out")
     if args.vis:
         check_output_folder(args.vis_dir, "--vis-dir")
-    predictor = LandmarkPredictor(args.checkpoint, args.device, args.flip_test)
+    landmarker = landmarker_from_args(args)
+    predictor = landmarker.predictor
     crop, model = predictor.crop, predictor.model
     dataset = LandmarkDataset(args.ann, args.data_root, crop.input_size, padding=crop.box_padding,
                               meta_override=read_meta_file(args.meta) if args.meta else None)
@@ -142,8 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"{args.ann}: has {dataset.meta['num_keypoints']} landmarks per face, the "
                         f"checkpoint {args.checkpoint} predicts {model.config['num_keypoints']}")
     if args.detector:
-        landmarker = FaceLandmarker(predictor, FaceDetector(args.detector, args.device), args.score_threshold,
-                                    args.refine)
         metrics, pred = evaluate_with_detector(landmarker, dataset, args.batch_size)
     else:
         loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -165,10 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def write_visualisations(dataset: LandmarkDataset, pred: np.ndarray, per_image_nme: np.ndarray, count: int,
                          out_dir: Path) -> None:
     """Overlays of the `count` worst images (worst_01_NAME.png, ...) and of `count` others at random
@@ -187,3 +176,7 @@ def write_visualisations(dataset: LandmarkDataset, pred: np.ndarray, per_image_n
         overlay = cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)
         cv2.imwrite(str(out_dir / f"{prefix}{Path(record['file']).stem}.png"), overlay)
     print(f"wrote {len(worst)} worst and {len(chosen)} random overlays to {out_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,11 +1,14 @@
 """Landmarks for new images: the one path from an image to its faces and their landmarks.
 
 `FaceLandmarker` finds the faces (face detector, given boxes, or the whole image) and places
-the landmarks on each; tools/predict.py (photos and videos) and evaluate.py call it. Crops are
-cut exactly as in training, with the crop geometry the checkpoint carries (geometry.CropGeometry).
+the landmarks on each; tools/predict.py (photos and videos), tools/extract_frames.py and evaluate.py call it, with the
+command-line flags of `add_landmarker_flags` and the landmarker `landmarker_from_args` builds from
+them. Crops are cut exactly as in training, with the crop geometry the checkpoint carries
+(geometry.CropGeometry).
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from basics.cli import bounded_int, fraction
 from basics.errors import DataError
 from basics.geometry import apply_affine, crop_affine, from_pixel_edges, invert_affine, warp_image
 from basics.metrics import compute_metrics
@@ -134,6 +138,34 @@ class FaceLandmarker:
             for (i, box, score), face_points, face_confidence in zip(flat, points, confidence):
                 result[i].append(Face(np.asarray(box, dtype=np.float64), float(score), face_points, face_confidence))
         return result
+
+
+REFINE_HELP = "cut each face's crop N more times around the landmarks placed, padded as the training boxes are"
+
+
+def add_landmarker_flags(parser: argparse.ArgumentParser, checkpoint_help: str, detector_help: str,
+                         boxes_given: bool = False) -> None:
+    """The flags of a FaceLandmarker (read by `landmarker_from_args`): --checkpoint, --detector,
+    --score-threshold, --flip-test, --refine and --device. `boxes_given`: the faces have boxes
+    of their own (evaluate.py's annotated ones), so the detector's flags apply with --detector only."""
+    parser.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    parser.add_argument("--detector", help=detector_help)
+    parser.add_argument("--score-threshold", type=fraction, default=0.5,
+                        help="with --detector, the least score of a face" if boxes_given
+                        else "least detector score of a face")
+    parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's prediction")
+    parser.add_argument("--refine", type=bounded_int(0, 10), default=0, metavar="N",
+                        help=f"with --detector, {REFINE_HELP}" if boxes_given
+                        else f"{REFINE_HELP} (for rough or detected boxes)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
+
+
+def landmarker_from_args(args: argparse.Namespace) -> FaceLandmarker:
+    """The FaceLandmarker of the flags of `add_landmarker_flags`: the landmark checkpoint, and the
+    face detector where --detector names one."""
+    predictor = LandmarkPredictor(args.checkpoint, args.device, args.flip_test)
+    detector = FaceDetector(args.detector, args.device) if args.detector else None
+    return FaceLandmarker(predictor, detector, args.score_threshold, args.refine)
 
 
 def region_crops(image: np.ndarray, face: Face, regions: dict[str, list[int]], size: int = 96,

@@ -7,6 +7,7 @@ import torch
 import train_simple
 from basics.images import read_image
 from conftest import write_video
+from inference import landmarker_from_args
 from tools import convert_dogflw_to_coco, extract_frames
 
 
@@ -40,6 +41,19 @@ def test_with_a_table_the_frames_most_likely_wrong_are_picked(tmp_path):
                     f"{10 + frame + jump},20,{conf},{50 + frame + jump},20,{conf}")
     table.write_text("\n".join(rows) + "\n")
     assert extract_frames.doubtful_frames(table, 3, min_gap=2) == [4, 8, 10]
+
+
+def test_the_landmarks_filled_in_can_be_placed_with_the_flip_test_and_refined(tiny_run, tmp_path, monkeypatch):
+    video, out, built = four_scene_video(tiny_run["root"], tmp_path / "clip.avi"), tmp_path / "to_label", []
+
+    def recording(args):
+        built.append(landmarker_from_args(args))
+        return built[-1]
+    monkeypatch.setattr(extract_frames, "landmarker_from_args", recording)
+    extract(tiny_run, video, out, "--frames", "2", "--flip-test", "--refine", "2")
+    (landmarker,) = built
+    assert landmarker.refine == 2 and landmarker.predictor.flip_index == landmarker.predictor.meta["flip_index"]
+    assert len(list((out / "train" / "labels").iterdir())) == 2
 
 
 def test_extracted_frames_convert_back_both_ways_and_train_from_the_model(tiny_run, tmp_path, capsys):

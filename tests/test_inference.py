@@ -3,10 +3,12 @@ import pytest
 import torch
 
 import evaluate
+from basics.cli import CommandLineParser
 from basics.errors import DataError
 from basics.images import read_image
 from dataset import LandmarkDataset
-from inference import FaceLandmarker, LandmarkPredictor
+from inference import FaceDetector, FaceLandmarker, LandmarkPredictor, add_landmarker_flags, landmarker_from_args
+from tools import extract_frames, predict
 
 
 def test_a_checkpoint_carries_how_its_training_boxes_sit_around_their_landmarks(tiny_run):
@@ -54,3 +56,43 @@ def test_evaluate_refines_only_detected_boxes(tiny_run, capsys):
     assert evaluate.main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--refine recuts the detector's face boxes: give --detector" in err[0]
+
+
+def landmarker_parser(boxes_given: bool = False) -> CommandLineParser:
+    parser = CommandLineParser()
+    add_landmarker_flags(parser, "the landmarks", "the faces", boxes_given)
+    return parser
+
+
+@pytest.mark.parametrize("script, required", [
+    (evaluate, ["--ann", "a.json"]), (predict, ["x.png", "--out", "o"]), (extract_frames, ["x.mp4", "--out", "o"])])
+def test_every_landmarker_script_takes_the_same_landmarker_flags_with_the_same_defaults(script, required):
+    keys = ("checkpoint", "detector", "score_threshold", "flip_test", "refine", "device")
+    args = vars(script.build_parser().parse_args([*required, "--checkpoint", "c.pth"]))
+    assert {k: args[k] for k in keys} == dict(zip(keys, ("c.pth", None, 0.5, False, 0, "auto")))
+    args = vars(script.build_parser().parse_args([*required, "--checkpoint", "c.pth", "--detector", "d.pth",
+                                                  "--score-threshold", "0.3", "--flip-test", "--refine", "2",
+                                                  "--device", "cpu"]))
+    assert {k: args[k] for k in keys} == dict(zip(keys, ("c.pth", "d.pth", 0.3, True, 2, "cpu")))
+
+
+def test_with_boxes_given_the_detector_flags_say_they_apply_with_a_detector_only():
+    helps = [{a.dest: a.help for a in landmarker_parser(given)._actions} for given in (False, True)]
+    assert helps[0]["score_threshold"] == "least detector score of a face"
+    assert helps[1]["score_threshold"] == "with --detector, the least score of a face"
+    assert helps[0]["refine"].endswith("(for rough or detected boxes)") and helps[1]["refine"].startswith("with --detector, ")
+    assert helps[0]["checkpoint"] == "the landmarks" and helps[0]["detector"] == "the faces"
+
+
+def test_the_landmarker_of_the_flags_has_their_checkpoint_detector_threshold_flip_test_and_refining(
+        tiny_run, tiny_detector):
+    args = landmarker_parser().parse_args(["--checkpoint", str(tiny_run["checkpoint"]), "--detector",
+                                           str(tiny_detector), "--score-threshold", "0.3", "--flip-test",
+                                           "--refine", "2", "--device", "cpu"])
+    landmarker = landmarker_from_args(args)
+    assert landmarker.predictor.path == tiny_run["checkpoint"] and landmarker.predictor.device.type == "cpu"
+    assert landmarker.predictor.flip_index == landmarker.predictor.meta["flip_index"]
+    assert isinstance(landmarker.detector, FaceDetector) and landmarker.threshold == 0.3 and landmarker.refine == 2
+    plain = landmarker_from_args(landmarker_parser().parse_args(["--checkpoint", str(tiny_run["checkpoint"]),
+                                                                "--device", "cpu"]))
+    assert plain.detector is None and plain.predictor.flip_index is None and plain.refine == 0

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
+import inference
 from basics.images import VIDEO_EXTENSIONS, read_image
 from conftest import (BROKEN_CHECKPOINTS, break_video_frame, run_cli, two_face_scene, write_broken_checkpoint,
                       write_video)
@@ -164,7 +165,7 @@ class KnownFaces:
 
 
 def with_known_faces(monkeypatch, boxes: np.ndarray, scores: np.ndarray) -> None:
-    monkeypatch.setattr(predict, "FaceDetector", lambda checkpoint, device: KnownFaces(boxes, scores))
+    monkeypatch.setattr(inference, "FaceDetector", lambda checkpoint, device: KnownFaces(boxes, scores))
 
 
 def test_every_face_the_detector_finds_gets_its_landmarks(tiny_run, tiny_detector, tmp_path, monkeypatch):
@@ -212,7 +213,7 @@ def test_a_video_gives_a_row_per_frame_and_face_with_ids_that_follow_the_faces(t
     frames, boxes = moving_two_faces(tiny_run["root"])
     write_video(tmp_path / "clip.avi", frames)
     found = iter(boxes)
-    monkeypatch.setattr(predict, "FaceDetector", lambda checkpoint, device: type("Moving", (), {
+    monkeypatch.setattr(inference, "FaceDetector", lambda checkpoint, device: type("Moving", (), {
         "boxes": lambda self, images, threshold: [(next(found), np.array([0.9, 0.8])) for _ in images]})())
     predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", "any.pth", str(tmp_path / "clip.avi"),
                "--out", str(tmp_path / "out"), "--device", "cpu", "--save-video")
@@ -344,7 +345,7 @@ def test_every_video_extension_in_a_folder_is_taken_as_a_video(tmp_path):
 
 def test_a_photo_without_a_face_gets_its_json_and_no_regions_folder(tiny_run, tmp_path, monkeypatch):
     photo = tiny_run["root"] / "val" / "images" / "val_0000.png"
-    monkeypatch.setattr(predict, "FaceDetector", lambda checkpoint, device: type("Nothing", (), {
+    monkeypatch.setattr(inference, "FaceDetector", lambda checkpoint, device: type("Nothing", (), {
         "boxes": lambda self, images, threshold: [(np.zeros((0, 4)), np.zeros(0)) for _ in images]})())
     predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", "any.pth", str(photo), "--out",
                str(tmp_path / "out"), "--device", "cpu", "--crop-regions")
@@ -367,7 +368,7 @@ def test_a_box_for_a_video_is_refused_in_one_line(tiny_run, tmp_path, capsys):
 
 def test_a_video_where_no_face_is_found_has_a_row_per_frame_and_says_so(tiny_run, tmp_path, monkeypatch):
     video = write_video(tmp_path / "clip.avi", moving_two_faces(tiny_run["root"], frames=4)[0])
-    monkeypatch.setattr(predict, "FaceDetector", lambda checkpoint, device: type("Nothing", (), {
+    monkeypatch.setattr(inference, "FaceDetector", lambda checkpoint, device: type("Nothing", (), {
         "boxes": lambda self, images, threshold: [(np.zeros((0, 4)), np.zeros(0)) for _ in images]})())
     predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", "any.pth", str(video), "--out",
                str(tmp_path / "out"), "--device", "cpu")

@@ -12,6 +12,8 @@ length):
 - with --tables (the folder of tools/predict.py's outputs for these videos): those most likely
   wrong, by the table NAME.csv: low mean landmark confidence, landmarks that jump against the
   frames beside them, or no face found; at least --min-gap frames apart.
+The landmarks are placed as tools/predict.py places them, with the same --detector,
+--score-threshold, --flip-test and --refine.
 Written to --out (a new folder, moved into place when complete):
 - train/images/VIDEO_fNNNNNN.png and train/labels/VIDEO_fNNNNNN.json in DogFLW's layout, the
   labels holding the model's landmarks of the frame's most confident face (a frame where no face
@@ -41,12 +43,12 @@ import _repo  # the repository on sys.path: tools/_repo.py
 from analysis.filtering import expected_positions
 from analysis.tables import NO_FACE, read_flat_table
 from analysis.video import VideoFrames
-from basics.cli import CommandLineParser, bounded_int, fraction
+from basics.cli import CommandLineParser, bounded_int
 from basics.dogflw import keypoint_category
 from basics.errors import DataError, UsageError, reports_errors
 from basics.images import VIDEO_EXTENSIONS, list_media
 from basics.outputs import write_json
-from inference import FaceDetector, FaceLandmarker, LandmarkPredictor
+from inference import FaceLandmarker, add_landmarker_flags, landmarker_from_args
 
 THUMBNAIL = 32  # side of the grey frames k-means compares
 MAX_SAMPLES = 2000  # frames of a video k-means looks at (evenly spaced)
@@ -152,16 +154,14 @@ def write_frames(video: Path, positions: list[int], landmarker: FaceLandmarker, 
 def build_parser() -> CommandLineParser:
     parser = CommandLineParser(description=__doc__)
     parser.add_argument("inputs", nargs="+", metavar="VIDEO", help="videos and folders of them")
-    parser.add_argument("--checkpoint", required=True, help="landmark model (best.pth) whose landmarks are filled in")
-    parser.add_argument("--detector", help="face detector (best.pth of tools/train_detector.py); without one the "
-                        "whole frame is the face box")
-    parser.add_argument("--score-threshold", type=fraction, default=0.5, help="least detector score of a face")
+    add_landmarker_flags(parser, "landmark model (best.pth) whose landmarks are filled in",
+                         "face detector (best.pth of tools/train_detector.py); without one the whole frame is the "
+                         "face box")
     parser.add_argument("--frames", type=bounded_int(1, 100_000), default=20, help="frames to pick in all")
     parser.add_argument("--tables", help="folder of tools/predict.py's tables for the videos: pick the frames most "
                         "likely wrong instead of spreading them over the videos")
     parser.add_argument("--min-gap", type=bounded_int(0, 10**6), default=10, help="with --tables, frames apart at least")
     parser.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="k-means' seed")
-    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--out", required=True, help="a new folder for the frames")
     return parser
 
@@ -178,9 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     for table in tables or []:
         if not table.is_file():
             raise DataError(f"{table}: no prediction table for this video (run tools/predict.py on it first)")
-    predictor = LandmarkPredictor(args.checkpoint, args.device)
-    detector = FaceDetector(args.detector, args.device) if args.detector else None
-    landmarker = FaceLandmarker(predictor, detector, args.score_threshold)
+    landmarker = landmarker_from_args(args)
+    meta = landmarker.predictor.meta
     lengths = [VideoFrames(v).claimed for v in videos]
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
@@ -188,15 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         for sub in ("images", "labels"):
             (partial / "train" / sub).mkdir(parents=True)
         coco = {"info": {"description": f"frames to label from {len(videos)} videos"}, "images": [],
-                "annotations": [], "categories": [keypoint_category(predictor.meta)]}
+                "annotations": [], "categories": [keypoint_category(meta)]}
         for video, share, table in zip(videos, share_out(args.frames, lengths), tables or [None] * len(videos)):
             chosen = doubtful_frames(table, share, args.min_gap) if table else spread_frames(video, share, args.seed)
             count = write_frames(video, chosen, landmarker, partial / "train", coco)
             print(f"{video}: {count} frames ({'most likely wrong' if table else 'spread by k-means'})")
         write_json(partial / "annotations.json", coco, indent=1)
-        write_json(partial / "meta.json", {k: predictor.meta[k] for k in ("name", "num_keypoints", "keypoints",
-                                                                          "flip_index", "iod_pair", "regions")
-                                                  if predictor.meta.get(k)})
+        write_json(partial / "meta.json", {k: meta[k] for k in ("name", "num_keypoints", "keypoints", "flip_index",
+                                                                "iod_pair", "regions") if meta.get(k)})
         if out.exists():
             out.rmdir()
         os.replace(partial, out)

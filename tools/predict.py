@@ -13,7 +13,7 @@ whole frame, and each face keeps an id from frame to frame (tracking.py).
 
 Outputs, with NAME the input's file name (made distinct where two inputs share one):
 - a photo: NAME.json lists its faces (box, score, landmarks in image pixels, a confidence per
-  landmark) and NAME_overlay.png draws them;
+  landmark) and NAME_overlay.png draws them (analysis/photos.py);
 - a video: NAME.csv, a row per frame and face (video_tables.py), NAME_dlc.csv, DeepLabCut's
   table, NAME_filtered.csv and NAME_dlc_filtered.csv, the same filtered without lag (filtering.py;
   --no-filter leaves them out), NAME_summary.json, and with --save-video NAME_labelled.mp4
@@ -34,20 +34,19 @@ import re
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 import _repo  # the repository on sys.path: tools/_repo.py
 from analysis.filtering import FilterOptions, METHODS
+from analysis.photos import PhotoOptions, analyze_photos
 from analysis.video import VideoOptions, analyze_video
 from basics.cli import CommandLineParser, bounded_int, fraction
 from basics.errors import DataError, Interrupted, UsageError, reports_errors
-from basics.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_media, read_image
-from basics.outputs import Staging, check_output_folder, write_json
+from basics.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_media
+from basics.outputs import Staging, check_output_folder
 from basics.run_utils import StopRequest
-from basics.visualize import draw_faces
-from inference import Face, FaceDetector, FaceLandmarker, LandmarkPredictor, save_region_crops
+from inference import FaceLandmarker, add_landmarker_flags, landmarker_from_args
 
 MAX_COORDINATE = 1e6  # pixels; a box beyond this is a typo
 NUMBERS = re.compile(r"^-?[\d.eE+-]+(,-?[\d.eE+-]+){3}$")
@@ -97,37 +96,18 @@ def output_stems(inputs: list[Path]) -> list[str]:
     return stems
 
 
-def given_box(path: Path, args: argparse.Namespace, box_table: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
-    """The face box given for a photo by --bbox or --boxes, if any, and where its faces come from."""
-    if args.bbox is not None:
-        return args.bbox, "--bbox"
-    for key in (str(path), path.name):
-        if key in box_table:
-            return box_table[key], "--boxes"
-    if args.boxes:
-        tqdm.write(f"warning: {path}: not in {args.boxes}; "
-                   f"{'the detector finds its faces' if args.detector else 'the whole image is its face box'}",
-                   file=sys.stderr)
-    return None, "detector" if args.detector else "whole image"
-
-
 def build_parser() -> CommandLineParser:
     parser = CommandLineParser(description=__doc__)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="photos, videos and folders of them")
-    parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
-    parser.add_argument("--detector", help="best.pth from tools/train_detector.py: find the faces")
-    parser.add_argument("--score-threshold", type=fraction, default=0.5, help="least detector score of a face")
+    add_landmarker_flags(parser, "best.pth or last.pth from train_simple.py",
+                         "best.pth from tools/train_detector.py: find the faces")
     parser.add_argument("--out", required=True, help="folder for the outputs")
     parser.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs exist (else skipped)")
     boxes = parser.add_mutually_exclusive_group()
     boxes.add_argument("--bbox", metavar="x1,y1,x2,y2", help="face box for every photo, in pixels")
     boxes.add_argument("--boxes", metavar="boxes.json", help='face box per photo: {"dog.jpg": [x1, y1, x2, y2]}')
-    parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's prediction")
-    parser.add_argument("--refine", type=bounded_int(0, 10), default=0, metavar="N", help="cut each face's crop N more "
-                        "times around the landmarks placed, padded as the training boxes are (for rough or detected boxes)")
     parser.add_argument("--crop-regions", action="store_true", help="save a crop of every face region")
     parser.add_argument("--region-size", type=bounded_int(8, 4096), default=96, help="side of a region crop in pixels")
-    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=bounded_int(1, 4096), default=16, help="photos, or video frames, per "
                         "forward pass of the detector and of the landmark model")
     video = parser.add_argument_group("videos")
@@ -171,50 +151,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.filter_window and args.filter_window % 2 == 0:
         parser.error(f"--filter-window {args.filter_window}: must be odd (the filter is centred)")
     return args
-
-
-def write_photo_outputs(staging: Staging, path: Path, stem: str, image: np.ndarray, faces: list[Face], source: str,
-                        landmarker: FaceLandmarker, args: argparse.Namespace) -> None:
-    """STEM.json, STEM_overlay.png and, with --crop-regions, STEM_regions/ into the staging folder."""
-    result = {"image": str(path), "width": image.shape[1], "height": image.shape[0],
-              "faces": [{"box": face.box.round(3).tolist(), "box_source": source, "score": round(face.score, 4),
-                         "landmarks": face.landmarks.round(3).tolist(),
-                         "confidence": face.confidence.astype(float).round(4).tolist()} for face in faces],
-              "keypoint_names": landmarker.predictor.meta["keypoints"], "checkpoint": str(args.checkpoint),
-              "detector": args.detector, "flip_test": args.flip_test}
-    write_json(staging.path(f"{stem}.json"), result)
-    if not cv2.imwrite(str(staging.path(f"{stem}_overlay.png")), cv2.cvtColor(draw_faces(image, faces),
-                                                                              cv2.COLOR_RGB2BGR)):
-        raise DataError(f"{staging.out_dir / stem}_overlay.png: cannot be written")
-    if args.crop_regions:
-        save_region_crops(image, faces, landmarker.predictor.meta, staging.path(f"{stem}_regions"), "",
-                          args.region_size)
-
-
-def predict_photos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out_dir: Path, args: argparse.Namespace,
-                   box_table: dict[str, np.ndarray], problems: list[str], stop: StopRequest, done: list[Path]) -> None:
-    """Faces and landmarks of every photo, a batch at a time; each photo done is added to `done`
-    as its outputs land (so that an interruption knows them)."""
-    with tqdm(total=len(jobs), desc="photos", unit="img", dynamic_ncols=True) as progress:
-        for start in range(0, len(jobs), args.batch_size):
-            if stop.signal_name is not None:
-                raise Interrupted(f"{stop.signal_name} while predicting photos")
-            chunk, read = jobs[start:start + args.batch_size], []
-            for path, stem in chunk:
-                try:
-                    read.append((path, stem, read_image(path)))
-                except DataError as err:
-                    tqdm.write(f"warning: {err}; skipped", file=sys.stderr)
-                    problems.append(str(err))
-            given = [given_box(path, args, box_table) for path, _, _ in read]
-            boxes = [None if box is None else box[None] for box, _ in given]
-            for (path, stem, image), faces, (_, source) in zip(read, landmarker.faces([r[2] for r in read], boxes),
-                                                              given):
-                with Staging(out_dir, stem) as staging:
-                    write_photo_outputs(staging, path, stem, image, faces, source, landmarker, args)
-                    staging.commit(last=f"{stem}.json")
-                done.append(path)
-            progress.update(len(chunk))
 
 
 def predict_videos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out_dir: Path, args: argparse.Namespace,
@@ -271,11 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     if boxed:
         raise UsageError(f"--bbox and --boxes give the faces of photos, not of videos ({boxed[0]}): a video's faces "
                          "come from --detector (or, without one, the whole frame)")
-    predictor = LandmarkPredictor(args.checkpoint, args.device, args.flip_test)
-    if args.crop_regions and not predictor.meta.get("regions"):
+    landmarker = landmarker_from_args(args)
+    if args.crop_regions and not landmarker.predictor.meta.get("regions"):
         raise DataError(f"--crop-regions: {args.checkpoint} has no regions in its keypoint metadata")
-    detector = FaceDetector(args.detector, args.device) if args.detector else None
-    landmarker = FaceLandmarker(predictor, detector, args.score_threshold, args.refine)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     photos, videos = (skip_finished(group, out_dir, args.overwrite) for group in (photos, videos))
@@ -283,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with StopRequest("stopping after this batch; finished inputs stay complete") as stop:
             if photos:
-                predict_photos(photos, landmarker, out_dir, args, box_table, problems, stop, done)
+                options = PhotoOptions(args.checkpoint, args.detector, args.flip_test, args.batch_size,
+                                       args.region_size if args.crop_regions else 0, args.bbox, box_table, args.boxes)
+                analyze_photos(photos, landmarker, out_dir, options, problems, stop, done)
             if videos:
                 predict_videos(videos, landmarker, out_dir, args, problems, stop, done)
     except Interrupted as stopped:
