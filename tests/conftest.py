@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from basics.coco_files import DOGFLW_META
+from tools.gpu_check import symmetric_template
 
 SMALL_META = {  # 8 landmarks: two eyes, two ears, nose, two mouth corners, chin
     "name": "toy", "num_keypoints": 8,
@@ -28,18 +29,6 @@ SMALL_META = {  # 8 landmarks: two eyes, two ears, nose, two mouth corners, chin
     "flip_index": [1, 0, 3, 2, 4, 6, 5, 7], "iod_pair": [0, 1],
     "regions": {"eyes": [0, 1], "ears": [2, 3], "lower": [4, 5, 6, 7]},
 }
-
-
-def symmetric_template(flip_index: list[int], rng: np.random.Generator) -> np.ndarray:
-    """Landmarks (K, 2) in a unit face, mirror-symmetric under flip_index."""
-    template = np.zeros((len(flip_index), 2))
-    for i, j in enumerate(flip_index):
-        if i < j:
-            template[i] = [-rng.uniform(0.15, 0.8), rng.uniform(-0.8, 0.8)]
-            template[j] = [-template[i, 0], template[i, 1]]
-        elif i == j:
-            template[i] = [0.0, rng.uniform(-0.8, 0.8)]
-    return template
 
 
 def palette(flip_index: list[int]) -> dict[int, tuple[int, int, int]]:

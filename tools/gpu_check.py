@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import _repo  # the repository on sys.path: tools/_repo.py
 
 ROOT = _repo.ROOT
@@ -85,20 +87,24 @@ def prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def draw_faces(split_dir: Path, count: int, num_keypoints: int, flip_index: list[int], size: int, seed: int) -> None:
-    """Synthetic faces in DogFLW's layout: a disc per landmark on an ellipse, mirrored landmarks
-    sharing a colour (the idea of tests/conftest.py's faces)."""
-    import cv2
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    template = np.zeros((num_keypoints, 2))
+def symmetric_template(flip_index: list[int], rng: np.random.Generator) -> np.ndarray:
+    """Landmarks (K, 2) in a unit face, mirror-symmetric under flip_index (the tests' faces too)."""
+    template = np.zeros((len(flip_index), 2))
     for i, j in enumerate(flip_index):
         if i < j:
             template[i] = [-rng.uniform(0.15, 0.8), rng.uniform(-0.8, 0.8)]
             template[j] = [-template[i, 0], template[i, 1]]
         elif i == j:
             template[i] = [0.0, rng.uniform(-0.8, 0.8)]
+    return template
+
+
+def draw_faces(split_dir: Path, count: int, num_keypoints: int, flip_index: list[int], size: int, seed: int) -> None:
+    """Synthetic faces in DogFLW's layout: a disc per landmark on an ellipse, mirrored landmarks
+    sharing a colour, as the tests' faces are."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    template = symmetric_template(flip_index, rng)
     colours = {i: tuple(int(v) for v in rng.integers(60, 256, 3)) for i in range(num_keypoints)}
     (split_dir / "images").mkdir(parents=True)
     (split_dir / "labels").mkdir(parents=True)
