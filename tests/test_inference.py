@@ -80,7 +80,8 @@ def test_with_boxes_given_the_detector_flags_say_they_apply_with_a_detector_only
     helps = [{a.dest: a.help for a in landmarker_parser(given)._actions} for given in (False, True)]
     assert helps[0]["score_threshold"] == "least detector score of a face"
     assert helps[1]["score_threshold"] == "with --detector, the least score of a face"
-    assert helps[0]["refine"].endswith("(for rough or detected boxes)") and helps[1]["refine"].startswith("with --detector, ")
+    assert helps[0]["refine"].endswith("(for rough or detected boxes)")
+    assert helps[1]["refine"].startswith("with --detector, ")
     assert helps[0]["checkpoint"] == "the landmarks" and helps[0]["detector"] == "the faces"
 
 
