@@ -19,7 +19,7 @@ from basics.checkpoints import LANDMARKS, read_checkpoint
 from basics.codec import HEATMAP_STRIDE, HeatmapCodec
 from basics.errors import CheckpointError, UsageError, WeightsUnavailable
 from basics.geometry import CropGeometry, flip_points
-from basics.backbone_weights import PACKAGED, input_normalisation, load_packaged_weights
+from basics.backbone_weights import PACKAGED, input_normalisation, load_packaged_weights, timm_host
 
 MIRROR_OFFSET_LR_MULT = 10.0
 
@@ -84,7 +84,7 @@ class LandmarkModel(nn.Module):
         (`PACKAGED`, `input_normalisation`) and are recorded in `config`."""
         super().__init__()
         default_mean, default_std = input_normalisation(backbone)
-        host = host or PACKAGED.get(backbone, (backbone,))[0]
+        host = host or timm_host(backbone)
         input_mean, input_std = tuple(input_mean or default_mean), tuple(input_std or default_std)
         self.config = {"backbone": backbone, "num_keypoints": num_keypoints, "neck_channels": neck_channels,
                        "beta_init": beta_init, "sigma": sigma, "heatmap_stride": heatmap_stride, "host": host,

@@ -90,6 +90,11 @@ def load_packaged_weights(backbone: str, network: torch.nn.Module) -> int:
     return len(renamed)
 
 
+def timm_host(backbone: str) -> str:
+    """The timm model a backbone of this name is built as: its packaged weights' host, else itself."""
+    return PACKAGED[backbone][0] if backbone in PACKAGED else backbone
+
+
 def input_normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean and std (0..255 units, RGB) a new model of this backbone feeds its network with: as
     its packaged weights were trained, else ImageNet's as timm's hub weights were."""
