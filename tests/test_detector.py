@@ -117,3 +117,20 @@ def test_a_pretrained_detector_rebuilds_and_resumes_without_downloading(tiny_run
     assert type(model.backbone.body.bn1).__name__ == "FrozenBatchNorm2d"
     assert train_detector.main(["--resume", str(tmp_path / "run" / "last.pth"), "--epochs", "2"]) == 0
     assert [w is not None for w in downloads] == [True, False, False]  # training, then two rebuilds
+
+
+def test_the_default_detector_body_is_lite0_with_its_packaged_imagenet_weights_and_inputs(capsys):
+    from basics.backbone_weights import packaged_file, to_timm_names
+
+    assert DETECTORS[0] == "fcos_lite0_fpn"
+    detector = create_detector("fcos_lite0_fpn", pretrained=True)
+    assert "no download" in capsys.readouterr().out
+    body = detector.backbone.body.state_dict()
+    packaged = to_timm_names(torch.load(packaged_file("efficientnet_lite0"), weights_only=True), body)
+    assert len(packaged) == len(body) and all(torch.equal(body[name], packaged[name]) for name in packaged)
+    assert detector.transform.image_mean == [0.5] * 3 and detector.transform.image_std == [0.5] * 3
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in detector.backbone.body.modules())  # frozen
+    features = detector.backbone(torch.zeros(1, 3, 128, 160))
+    assert [tuple(f.shape[-2:]) for f in features.values()] == [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
+    torchvision_body = create_detector("fcos_mobilenet_v3_fpn", pretrained=False)
+    assert torchvision_body.transform.image_mean == pytest.approx([0.485, 0.456, 0.406])  # as its checkpoints trained
