@@ -104,19 +104,23 @@ class FaceLandmarker:
     places the landmarks of all faces of a batch of images in one batch. Each of `refine` more
     passes cuts the crops again around the landmarks placed, padded as the model's training boxes
     are (CropGeometry.box_around_landmarks), for boxes that sit unlike those (a detector's); a
-    face keeps the box it was found with."""
+    face keeps the box it was found with. `max_faces` > 0 keeps the detector's best that many
+    faces of an image (1 for the videos of one dog)."""
 
     def __init__(self, predictor: LandmarkPredictor, detector: FaceDetector | None = None, threshold: float = 0.5,
-                 refine: int = 0):
+                 refine: int = 0, max_faces: int = 0):
         if refine and predictor.crop.face_padding is None:
             raise DataError(f"{predictor.path}: records no padding of its training boxes around their landmarks "
                             "(trained before refinement existed), so its boxes cannot be refined; train it again")
         self.predictor, self.detector, self.threshold, self.refine = predictor, detector, threshold, refine
+        self.max_faces = max_faces
 
     def find_boxes(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Face boxes and scores per image: the detector's, or the whole image (score 1) without one."""
         if self.detector is not None:
-            return self.detector.boxes(images, self.threshold)
+            found = self.detector.boxes(images, self.threshold)  # best first
+            return [(boxes[:self.max_faces], scores[:self.max_faces]) for boxes, scores in found] if self.max_faces \
+                else found
         return [(from_pixel_edges(np.array([[0.0, 0.0, image.shape[1], image.shape[0]]])), np.ones(1))
                 for image in images]
 
@@ -146,13 +150,15 @@ REFINE_HELP = "cut each face's crop N more times around the landmarks placed, pa
 def add_landmarker_flags(parser: argparse.ArgumentParser, checkpoint_help: str, detector_help: str,
                          boxes_given: bool = False) -> None:
     """The flags of a FaceLandmarker (read by `landmarker_from_args`): --checkpoint, --detector,
-    --score-threshold, --flip-test, --refine and --device. `boxes_given`: the faces have boxes
+    --score-threshold, --max-faces, --flip-test, --refine and --device. `boxes_given`: the faces have boxes
     of their own (evaluate.py's annotated ones), so the detector's flags apply with --detector only."""
     parser.add_argument("--checkpoint", required=True, help=checkpoint_help)
     parser.add_argument("--detector", help=detector_help)
     parser.add_argument("--score-threshold", type=fraction, default=0.5,
                         help="with --detector, the least score of a face" if boxes_given
                         else "least detector score of a face")
+    parser.add_argument("--max-faces", type=bounded_int(0, 10_000), default=0, metavar="N",
+                        help="with --detector, keep the best N faces of an image (0: all; 1 for a video of one dog)")
     parser.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's prediction")
     parser.add_argument("--refine", type=bounded_int(0, 10), default=0, metavar="N",
                         help=f"with --detector, {REFINE_HELP}" if boxes_given
@@ -165,7 +171,7 @@ def landmarker_from_args(args: argparse.Namespace) -> FaceLandmarker:
     face detector where --detector names one."""
     predictor = LandmarkPredictor(args.checkpoint, args.device, args.flip_test)
     detector = FaceDetector(args.detector, args.device) if args.detector else None
-    return FaceLandmarker(predictor, detector, args.score_threshold, args.refine)
+    return FaceLandmarker(predictor, detector, args.score_threshold, args.refine, args.max_faces)
 
 
 def region_crops(image: np.ndarray, face: Face, regions: dict[str, list[int]], size: int = 96,
