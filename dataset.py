@@ -68,6 +68,8 @@ class LandmarkDataset(Dataset):
         self.ann_file = Path(ann_file)
         coco = load_coco(ann_file, meta_override)
         self.records, self.meta, self.digest = coco.records, coco.meta, coco.digest
+        if not self.records:
+            raise DataError(f"{ann_file}: holds no annotated faces")
         root = data_root if data_root is not None else coco.data_root
         if root is None:
             raise DataError(f"{ann_file}: names no data root; pass --data-root")

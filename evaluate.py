@@ -27,7 +27,7 @@ from basics.errors import DataError, UsageError, reports_errors
 from basics.geometry import box_iou, greedy_match
 from basics.images import read_image
 from basics.metrics import FAILURE_THRESHOLD, format_summary
-from basics.outputs import check_output_file, check_output_folder, write_json
+from basics.outputs import check_output_file, check_output_folder, check_outputs, write_json
 from basics.visualize import draw_landmarks, plot_ced
 from dataset import LandmarkDataset, collate_readable
 from inference import FaceLandmarker, add_landmarker_flags, evaluate_loader, landmarker_from_args, scored_metrics
@@ -98,6 +98,8 @@ def build_parser() -> CommandLineParser:
     parser.add_argument("--vis", type=non_negative_int, default=0, metavar="N",
                         help="write ced.png and overlays of the N worst and N random images")
     parser.add_argument("--vis-dir", help="folder for --vis (default: vis/ beside --out or the checkpoint)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out and the pictures in "
+                        "--vis-dir")
     return parser
 
 
@@ -124,6 +126,9 @@ def write_pictures(args: argparse.Namespace, metrics: dict, dataset: LandmarkDat
 @reports_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_outputs({"--checkpoint": args.checkpoint, "--detector": args.detector, "--ann": args.ann,
+                   "--meta": args.meta}, {"--out": args.out, "--vis-dir": args.vis_dir if args.vis else None},
+                  args.overwrite, folders=("--vis-dir",))
     if args.out:
         check_output_file(args.out, "--out")
     if args.vis:

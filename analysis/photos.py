@@ -37,6 +37,7 @@ class PhotoOptions:
     bbox: np.ndarray | None = None
     box_table: dict[str, np.ndarray] = field(default_factory=dict)
     boxes_file: str | None = None
+    produced_by: dict = field(default_factory=dict)  # recorded in NAME.json (tools/predict.py)
 
 
 def given_box(path: Path, options: PhotoOptions) -> tuple[np.ndarray | None, str]:
@@ -61,7 +62,7 @@ def write_photo_outputs(staging: Staging, path: Path, stem: str, image: np.ndarr
                          "landmarks": face.landmarks.round(3).tolist(),
                          "confidence": face.confidence.astype(float).round(4).tolist()} for face in faces],
               "keypoint_names": landmarker.predictor.meta["keypoints"], "checkpoint": str(options.checkpoint),
-              "detector": options.detector, "flip_test": options.flip_test}
+              "detector": options.detector, "flip_test": options.flip_test, "produced_by": options.produced_by}
     write_json(staging.path(f"{stem}.json"), result)
     if not cv2.imwrite(str(staging.path(f"{stem}_overlay.png")), cv2.cvtColor(draw_faces(image, faces),
                                                                               cv2.COLOR_RGB2BGR)):

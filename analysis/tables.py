@@ -112,7 +112,7 @@ def keypoints_of(header: list[str]) -> list[str]:
 
 def read_flat_table(path: Path, keypoints: list[str] | None = None) -> LandmarkTable:
     """A flat table written by this project (of these keypoints, if given), or DataError naming the
-    file and what is wrong."""
+    file and what is wrong (a row of another width: its line)."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
@@ -121,7 +121,12 @@ def read_flat_table(path: Path, keypoints: list[str] | None = None) -> LandmarkT
             if header != flat_header(keypoints):
                 raise DataError(f"{path}: not a landmark table of this model's {len(keypoints)} landmarks "
                                 "(its header differs)")
-            rows = [[cell(v) for v in row] for row in reader]
+            rows = []
+            for row in reader:
+                if len(row) != len(header):
+                    raise DataError(f"{path}: line {reader.line_num} has {len(row)} cells, its header "
+                                    f"{len(header)} (a cut or edited table)")
+                rows.append([cell(v) for v in row])
     except (OSError, UnicodeDecodeError, StopIteration, ValueError, csv.Error) as err:
         raise DataError(f"{path}: not a readable landmark table ({type(err).__name__}: {str(err)[:80]})") from None
     values = np.array(rows, dtype=np.float64).reshape(len(rows), len(header))

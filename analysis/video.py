@@ -114,6 +114,7 @@ class VideoOptions:
     save_video: bool = False
     pcutoff: float = 0.1
     scorer: str = "dog-facial-landmarks"
+    produced_by: dict = field(default_factory=dict)  # recorded in NAME_summary.json (tools/predict.py)
 
 
 def followed_faces(landmarker: FaceLandmarker, frame: np.ndarray, previous: list[Face],
@@ -202,7 +203,8 @@ def analyze_video(path: Path, landmarker: FaceLandmarker, staging: Staging, stem
               "mean_confidence": confidence_sum / face_rows if face_rows else None,
               "frames_per_s": frames.read / seconds, "seconds": seconds, "problems": frames.problems(),
               "filter": vars(options.filter) if options.filter is not None else None,
-              "detect_every": options.detect_every, "batch_size": options.batch_size}
+              "detect_every": options.detect_every, "batch_size": options.batch_size,
+              "produced_by": options.produced_by}
     write_json(staging.path(f"{stem}_summary.json"), record, indent=1)
     return VideoSummary(frames.read, seconds, frames.problems(), record)
 

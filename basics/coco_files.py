@@ -2,8 +2,9 @@
 
 A landmark record is one annotated face: {"file", "box" (x1, y1, x2, y2), "keypoints" (K, 2),
 "labelled" (K,)}; keypoint metadata is {"keypoints" (names), "num_keypoints", "flip_index",
-"iod_pair", "regions", "keypoint_weights"}, held in the COCO category (the converter writes it
-there) or given by a --meta file. DOGFLW_META is DogFLW's.
+"iod_pair", "regions", "keypoint_weights"}, held in the COCO category of the faces (the converter
+writes it there; `face_category` finds it in a file of several) or given by a --meta file. DOGFLW_META
+is DogFLW's.
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def keypoint_meta(category: dict, source: str) -> dict:
     missing = [name for name in META_FIELDS if name not in category]
     if missing:
         fields = "; ".join(f"{name} ({META_FIELDS[name]})" for name in missing)
-        raise DataError(f"{source}: the keypoint category has no {fields}: add them to its categories[0], or "
+        raise DataError(f"{source}: the keypoint category has no {fields}: add them to the category, or "
                         "pass --meta FILE with them (the converter's --meta format)")
     try:
         meta = {"keypoints": [str(name) for name in category["keypoints"]],
@@ -119,6 +120,21 @@ def parse_annotation(ann: dict, images: dict, num_keypoints: int, source: str) -
     return {"file": name, "box": box, "keypoints": keypoints, "labelled": labelled}
 
 
+def category_annotations(coco: dict, category: dict) -> list[dict]:
+    """The annotations of a COCO file that name `category` (category_id), or name none."""
+    return [ann for ann in coco["annotations"] if ann.get("category_id", category.get("id")) == category.get("id")]
+
+
+def face_category(coco: dict) -> dict:
+    """The category of a COCO file's faces: of the categories with keypoints (all, if none has any), the
+    one most annotations name with keypoints of its count, else the one most annotations name; the first
+    of a tie."""
+    def score(category: dict) -> tuple[int, int]:
+        named, size = category_annotations(coco, category), 3 * len(category.get("keypoints") or [])
+        return sum(len(ann.get("keypoints") or []) == size for ann in named), len(named)
+    return max([c for c in coco["categories"] if c.get("keypoints")] or coco["categories"], key=score)
+
+
 @dataclass
 class CocoKeypoints:
     """A COCO keypoints file as read: its records (see parse_annotation), keypoint metadata, the
@@ -132,16 +148,19 @@ class CocoKeypoints:
 
 def load_coco(ann_file: str | Path, meta_override: dict | None = None) -> CocoKeypoints:
     """A COCO keypoints file's records and metadata. `meta_override` (a --meta file) supplies or
-    replaces the category's keypoint fields."""
+    replaces the category's keypoint fields. Of several categories, the faces' is read (`face_category`),
+    and named in the message if it cannot be used."""
     try:
         data = Path(ann_file).read_bytes()
         coco = json.loads(data.decode("utf-8"))
-        category = {**coco["categories"][0], **(meta_override or {})}
+        category = face_category(coco)
         images = {image["id"]: image for image in coco["images"]}
-        annotations = list(coco["annotations"])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError) as err:
+        annotations = category_annotations(coco, category)
+        several = len(coco["categories"]) > 1
+        source = f"{ann_file}: category {category.get('id')} {category.get('name')!r}" if several else str(ann_file)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
         raise DataError(f"{ann_file}: not a usable COCO keypoints file ({type(err).__name__}: {err})") from None
-    meta = keypoint_meta(category, str(ann_file))
+    meta = keypoint_meta({**category, **(meta_override or {})}, source)
     try:
         records = [parse_annotation(ann, images, meta["num_keypoints"], str(ann_file)) for ann in annotations]
     except (KeyError, ValueError, TypeError) as err:
@@ -202,15 +221,17 @@ def split_coco(coco: dict, ids: set[int]) -> tuple[dict, dict]:
 def merge_coco(files: list[Path], data_roots: list[str | None]) -> dict:
     """Several COCO keypoints files of the same landmarks as one: each file's images under its own
     data root (the one given, else the one the file names), file names made absolute; the first
-    file's category."""
+    file's face category (`face_category`), and each file's annotations of its own."""
     merged = {"info": {"description": "merged: " + ", ".join(map(str, files)), "data_root": "/"}, "images": [],
               "annotations": [], "categories": None}
     for path, root in zip(files, data_roots):
         coco = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not coco["images"]:
+            raise DataError(f"{path}: holds no images")
         folder = root or (coco.get("info") or {}).get("data_root")
         if folder is None:
             raise DataError(f"{path}: names no data root; it cannot be merged with the training set")
-        category = coco["categories"][0]
+        category = face_category(coco)
         if merged["categories"] is None:
             merged["categories"] = [category]
         elif len(category["keypoints"]) != len(merged["categories"][0]["keypoints"]):
@@ -221,6 +242,9 @@ def merge_coco(files: list[Path], data_roots: list[str | None]) -> dict:
             ids[image["id"]] = len(merged["images"]) + 1
             merged["images"].append({**image, "id": ids[image["id"]],
                                      "file_name": str((Path(folder) / image["file_name"]).resolve())})
-        for ann in coco["annotations"]:
-            merged["annotations"].append({**ann, "id": len(merged["annotations"]) + 1, "image_id": ids[ann["image_id"]]})
+        face_id = merged["categories"][0].get("id")
+        for ann in category_annotations(coco, category):
+            number = len(merged["annotations"]) + 1
+            merged["annotations"].append({**ann, "id": number, "image_id": ids[ann["image_id"]],
+                                          "category_id": face_id})
     return merged

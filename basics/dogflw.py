@@ -9,7 +9,9 @@ Coordinates are in the image as displayed (its EXIF orientation applied, as ever
 project does). A landmark that is not labelled is [x, y, 0] (or 0 in a "visibility" list beside
 "landmarks") and becomes COCO visibility 0. A label or image that cannot be used is left out and
 reported; a face box that cannot be trusted (malformed, inverted, outside the image, missing the
-landmarks) is repaired from the landmarks and reported: no image is dropped for its box.
+landmarks) is repaired from the landmarks and reported: no image is dropped for its box. An image
+with many of its landmarks outside it is left out; when several of a split are, the split's images
+were most likely resized after labelling, and the converter says so.
 tools/convert_dogflw_to_coco.py is the command line; `prepare_annotations` is what the
 trainers call.
 """
@@ -25,7 +27,7 @@ import numpy as np
 
 from basics.errors import DataError
 from basics.geometry import box_around, padding_around, points_extent
-from basics.images import IMAGE_EXTENSIONS, read_image
+from basics.images import IMAGE_EXTENSIONS, read_image, special_file_kind
 from basics.outputs import write_json
 
 KAGGLE_DATASET = "georgemartvel/dogflw"
@@ -38,6 +40,9 @@ MIN_INSIDE = 0.9  # a box must hold this share of the labelled landmarks
 FAR_OUTSIDE = 0.1  # and none may lie further outside it than this fraction of its side
 MAX_BOX_TO_EXTENT = 4.0  # nor may its side be more than this many times the landmarks' (geometric mean)
 REPORT_CLIP = 0.1  # a box cut at the image's edge is reported when it reached past by this share of its side
+OUTSIDE_MARGIN = 4.0  # px: a landmark further than this beyond the image's edge lies outside it
+OUTSIDE = f"more than a quarter of its labelled landmarks lie outside it (by over {OUTSIDE_MARGIN:g} px)"
+RESIZED = (3, 0.1)  # this many images of a split, and this share, with OUTSIDE: resized after labelling
 
 
 class LabelError(DataError):
@@ -144,6 +149,27 @@ def check_inside(landmarks: list[list[float]], flags: list[int], width: int, hei
             raise LabelError(f"point ({x:.4g}, {y:.4g}) lies far outside the {width}x{height} image")
 
 
+def outside_image(image: Path, landmarks: list[list[float]], flags: list[int], width: int, height: int
+                  ) -> list[Finding]:
+    """A "left out" finding for an image more than a quarter of whose labelled landmarks lie outside it
+    (its pixel edges -0.5 .. side - 0.5, by over OUTSIDE_MARGIN), else none."""
+    points = np.array(landmarks)[np.array(flags) > 0]
+    low, high = -0.5 - OUTSIDE_MARGIN, np.array([width, height]) - 0.5 + OUTSIDE_MARGIN
+    outside = ((points < low) | (points > high)).any(axis=1)
+    return [Finding(image, OUTSIDE, "left out")] if outside.mean() > 0.25 else []
+
+
+def resized_images(name: str, findings: list[Finding], written: int) -> str | None:
+    """The line saying a split's images were most likely resized after labelling, where at least
+    RESIZED of its images have landmarks outside them; None otherwise."""
+    count = sum(f.reason == OUTSIDE for f in findings)
+    total = count + written
+    if count < RESIZED[0] or count < RESIZED[1] * total:
+        return None
+    return (f"{name}: {count} of {total} images have landmarks far outside the image: the images were most likely "
+            "resized after labelling; check they are the originals")
+
+
 def box_problem(box: list[float] | str, landmarks: np.ndarray, width: int, height: int) -> str | None:
     """Why a face box cannot be trusted, or None: unusable, outside the image, fewer than
     MIN_INSIDE of the labelled landmarks inside it, any landmark further outside it than
@@ -182,6 +208,12 @@ def find_splits(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / "images").is_dir() and (p / "labels").is_dir())
 
 
+def special_files(paths: list[Path]) -> list[Finding]:
+    """A "left out" finding for each special file (a FIFO, a socket, ...) among `paths`, none of them opened."""
+    return [Finding(path, f"not a regular file ({kind}); skipped", "left out")
+            for path in paths if (kind := special_file_kind(path))]
+
+
 def read_split(split_dir: Path, meta: dict) -> tuple[list[dict], list[Finding]]:
     """Each usable (image, label) pair of a split as {label, image, width, height, landmarks, flags,
     box}, and the findings: files left out (and why), landmarks made unlabelled, box notes."""
@@ -200,6 +232,10 @@ def read_split(split_dir: Path, meta: dict) -> tuple[list[dict], list[Finding]]:
                                     "unknown; rename or remove the others", "left out"))
             continue
         image = images[stem][0]
+        special = special_files([image, labels[stem]])
+        if special:
+            findings += special
+            continue
         try:
             landmarks, flags, box, notes, box_note = parse_label(labels[stem], meta["num_keypoints"])
             height, width = read_image(image).shape[:2]  # as displayed: EXIF orientation applied
@@ -209,6 +245,10 @@ def read_split(split_dir: Path, meta: dict) -> tuple[list[dict], list[Finding]]:
             continue
         except DataError as err:  # the image
             findings.append(Finding(image, f"unreadable image ({str(err).rsplit('(', 1)[-1].rstrip(')')})", "left out"))
+            continue
+        outside = outside_image(image, landmarks, flags, width, height)
+        if outside:
+            findings += outside
             continue
         findings += [Finding(labels[stem], note, "unlabelled") for note in notes]
         findings += [Finding(labels[stem], box_note, "reordered")] if box_note else []
@@ -397,6 +437,9 @@ def convert(root: str | Path, out_dir: str | Path, meta: dict, strict: bool = Fa
     results = {split.name: convert_split(root, split, meta) for split in splits}
     all_findings = [f for _, findings, _ in results.values() for f in findings]
     report(all_findings)
+    for name, (coco, findings, _) in results.items():
+        if line := resized_images(name, findings, len(coco["images"])):
+            print(line, file=sys.stderr)
     all_findings = [f for f in all_findings if not f.quiet]
     if strict and all_findings:
         raise LabelError(f"{len(all_findings)} problem(s) found; nothing written (--strict)")

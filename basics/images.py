@@ -1,6 +1,12 @@
-"""The project's one image reader, the file extensions of images and videos it takes, and how inputs are listed."""
+"""The project's one image reader, the file extensions of images and videos it takes, and how inputs are listed.
+
+A FIFO, socket or device file among the inputs is never opened (reading a FIFO waits for a writer):
+`special_file_kind` names it, and the listings and the reader refuse it in one line.
+"""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +19,39 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".m
                     ".wmv", ".flv")
 
 
+def special_file_kind(path: str | Path) -> str | None:
+    """What `path` is, its symbolic links followed, if it is not a regular file: "a FIFO", "a socket",
+    "a device file" or "a folder"; None for a regular file or one that cannot be looked at (its reader says why)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+    return next((kind for test, kind in kinds if test(mode)), "a device file")
+
+
 def list_media(inputs: list[str], extensions: tuple[str, ...], kind: str) -> tuple[list[Path], list[str]]:
     """The files of `extensions` among files and folders (a folder's files, not its subfolders),
-    and one message per input that does not exist or, a folder, holds none (`kind` names them)."""
+    and one message per input that does not exist or, a folder, holds none (`kind` names them), and
+    per special file (a FIFO, ...), which is left out unopened."""
     files, problems = [], []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in extensions and p.is_file())
+            found = []
+            for file in sorted(p for p in path.iterdir() if p.suffix.lower() in extensions):
+                special = special_file_kind(file)
+                if special not in (None, "a folder"):
+                    problems.append(f"{file}: not a regular file ({special})")
+                elif file.is_file():
+                    found.append(file)
             files += found
             if not found:
                 problems.append(f"{path}: no {kind} ({'/'.join(extensions)}) in this folder")
+        elif special := special_file_kind(path):
+            problems.append(f"{path}: not a regular file ({special})")
         elif path.exists():
             files.append(path)
         else:
@@ -49,7 +77,10 @@ def to_8_bit(image: Image.Image, path: str | Path) -> Image.Image:
 def read_image(path: str | Path) -> np.ndarray:
     """An image as an RGB uint8 array, turned upright as its EXIF orientation says (as image viewers
     show it and as the converter measures it); 16-bit images are scaled to 8 bits, not clipped.
-    DataError names the file that cannot be read."""
+    DataError names the file that cannot be read; a special file (a FIFO, ...) is not opened."""
+    special = special_file_kind(path)
+    if special:
+        raise DataError(f"{path}: cannot read image ({special}, not a regular file)")
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)

@@ -2,6 +2,9 @@
 
 Every output of the project is written aside (a temporary name in the same folder) and moved
 into place when complete, so a reader sees the old file or the new one, never half of one.
+Before any work every command checks its outputs against its inputs with `check_outputs`: an
+output is none of the inputs and no other output, and an existing one is replaced only with
+--overwrite.
 """
 from __future__ import annotations
 
@@ -61,6 +64,50 @@ def check_output_file(path: str | Path, flag: str) -> Path:
         raise UsageError(f"{flag} {path}: cannot be written (no permission)")
     check_output_folder(path.parent, flag)
     return path
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same path once links are followed, or one file under two names."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+Paths = dict[str, "str | Path | None"] | list[tuple[str, "str | Path | None"]]
+
+
+def named_paths(paths: Paths) -> list[tuple[str, Path]]:
+    """(what names it in a message, path) pairs, from a dict or a list of pairs; None paths left out."""
+    return [(name, Path(path)) for name, path in (paths.items() if isinstance(paths, dict) else paths)
+            if path is not None]
+
+
+def check_outputs(inputs: Paths, outputs: Paths, overwrite: bool, folders: tuple[str, ...] = ()) -> None:
+    """The one rule for what a command writes, applied before any work. `inputs` and `outputs` pair
+    what names each path in the messages (a flag, or "an input") with the path; None is left out.
+    UsageError if an output is one of the inputs, if two outputs are one file, or, without
+    `overwrite`, if an output exists already (for the names in `folders`: holds files)."""
+    given_inputs, given_outputs = named_paths(inputs), named_paths(outputs)
+    for name, out in given_outputs:
+        for source, path in given_inputs:
+            if same_file(out, path):
+                raise UsageError(f"{name} {out}: is {source}, which this command reads; write it elsewhere")
+    claimed: dict[str, str] = {}
+    for name, out in given_outputs:
+        key = os.path.realpath(out).lower()  # as on a case-insensitive file system
+        if key in claimed:
+            raise UsageError(f"{name} {out}: is also written as {claimed[key]}; give them different names")
+        claimed[key] = name
+    if overwrite:
+        return
+    for name, out in given_outputs:
+        if name in folders and out.is_dir() and any(out.iterdir()):
+            raise UsageError(f"{name} {out}: holds files; give --overwrite to replace them, or write elsewhere")
+        if name not in folders and out.exists():
+            raise UsageError(f"{name} {out}: exists; give --overwrite to replace it, or write elsewhere")
 
 
 def check_writable(folder: Path, needed_bytes: int) -> None:

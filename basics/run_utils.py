@@ -7,6 +7,7 @@ says which process this is, and only rank 0 writes files.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import itertools
 import json
 import os
@@ -157,19 +158,48 @@ def holds_a_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in ("last.pth", "best.pth", "metrics.jsonl"))
 
 
+RUN_LOCK = ".run.lock"
+CLAIMED_RUN_FOLDERS: dict[str, object] = {}  # this process's run folders -> their lock files, open until it ends
+
+
+def claim_run_folder(folder: Path, fresh: bool) -> bool:
+    """Take `folder` for this process: an exclusive flock on its lock file, which the kernel lets go
+    when the process ends (so a folder restored on another machine is free). False if another live
+    process holds it or, with `fresh`, if it holds a run already; checked after the lock is taken,
+    so two runs started together cannot both pass."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(folder)
+    newly_taken = key not in CLAIMED_RUN_FOLDERS
+    if newly_taken:
+        handle = open(folder / RUN_LOCK, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        CLAIMED_RUN_FOLDERS[key] = handle
+    if fresh and holds_a_run(folder):
+        if newly_taken:  # left free for the run it holds
+            CLAIMED_RUN_FOLDERS.pop(key).close()
+        return False
+    return True
+
+
 def choose_work_dir(work_dir: str | None, default: str, resuming: bool) -> str:
-    """The run folder: --work-dir (refused if it holds another run, unless resuming it), else
-    `default`, or the first of default-2, -3, ... that holds no run: never overwrite one."""
-    if resuming:
-        return work_dir
+    """The run folder, claimed for this process (`claim_run_folder`): --work-dir (refused if another
+    live run uses it, or if it holds another run unless resuming it), else `default`, or the first of
+    default-2, -3, ... that is free and holds no run: never overwrite one."""
     if work_dir is not None:
-        if holds_a_run(Path(work_dir)):
+        if claim_run_folder(Path(work_dir), fresh=not resuming):
+            return work_dir
+        if holds_a_run(Path(work_dir)) and not resuming:
             raise UsageError(f"--work-dir {work_dir}: holds a run already; continue it with --resume "
                              f"{Path(work_dir) / 'last.pth'}, or choose another folder")
-        return work_dir
+        raise UsageError(f"--work-dir {work_dir}: another run is training in it now; wait for it to end, or "
+                         "choose another folder")
     base = folder = Path(default)
     for n in itertools.count(2):
-        if not holds_a_run(folder):
+        if claim_run_folder(folder, fresh=True):
             break
         folder = base.with_name(f"{base.name}-{n}")
     if folder != base:

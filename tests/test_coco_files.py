@@ -90,3 +90,49 @@ def test_merged_training_files_keep_each_images_own_folder(tmp_path, toy_train_j
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(DataError, match="2 landmarks, the training set has 8"):
         merge_coco([toy_train_json, tmp_path / "bad.json"], [None, None])
+
+
+PERSON = {"id": 5, "name": "person", "keypoints": [f"joint_{i}" for i in range(17)], "flip_index": list(range(8)),
+          "iod_pair": [0, 1]}  # read as the faces' category: "flip_index is not a permutation of 0..16"
+
+
+def test_the_category_the_annotations_name_is_read_not_the_first(toy_train_json, tmp_path):
+    path = coco_copy(toy_train_json, tmp_path, lambda coco: coco["categories"].insert(0, PERSON))
+    coco = load_coco(path)
+    assert coco.meta["num_keypoints"] == 8 and coco.meta["iod_pair"] == [0, 1] and len(coco.records) == 6
+
+
+def test_of_several_categories_named_the_one_whose_keypoint_count_the_annotations_have_is_read(toy_train_json,
+                                                                                                 tmp_path):
+    def add_boxes(coco):  # a box-only category (as CVAT exports one) with more annotations than the faces
+        coco["categories"].insert(0, {"id": 2, "name": "face box", "keypoints": []})
+        coco["annotations"] += [{**ann, "id": 100 + ann["id"], "category_id": 2, "keypoints": []}
+                                for ann in coco["annotations"] * 2]
+    coco = load_coco(coco_copy(toy_train_json, tmp_path, add_boxes))
+    assert coco.meta["num_keypoints"] == 8 and len(coco.records) == 6
+
+
+def test_an_unusable_category_is_named_when_the_file_has_several(toy_train_json, tmp_path):
+    def break_flip(coco):
+        coco["categories"][0]["flip_index"] = list(range(7)) + [0]
+        coco["categories"].insert(0, PERSON)
+    with pytest.raises(DataError, match=r"changed\.json: category 1 'toy': flip_index is not a permutation of 0\.\.7"):
+        load_coco(coco_copy(toy_train_json, tmp_path, break_flip))
+
+
+def test_merging_takes_each_files_face_category_and_its_annotations(tmp_path, toy_train_json):
+    original = json.loads(toy_train_json.read_text())
+    extra = {**original, "categories": [PERSON, {**original["categories"][0], "id": 3}],
+             "annotations": [{**ann, "category_id": 3} for ann in original["annotations"]]}
+    (tmp_path / "extra.json").write_text(json.dumps(extra))
+    merged = merge_coco([toy_train_json, tmp_path / "extra.json"], [None, None])
+    assert merged["categories"] == original["categories"] and len(merged["annotations"]) == 12
+    assert {ann["category_id"] for ann in merged["annotations"]} == {original["categories"][0]["id"]}
+
+
+def test_merging_an_empty_file_says_it_holds_no_images(tmp_path, toy_train_json):
+    original = json.loads(toy_train_json.read_text())
+    (tmp_path / "empty.json").write_text(json.dumps({"images": [], "annotations": [],
+                                                     "categories": original["categories"]}))
+    with pytest.raises(DataError, match=r"empty\.json: holds no images$"):
+        merge_coco([toy_train_json, tmp_path / "empty.json"], [None, None])

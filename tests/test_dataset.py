@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from basics.coco_files import load_coco
+from basics.errors import DataError
 from basics.geometry import apply_affine, box_to_center_size, crop_affine
 from conftest import SMALL_META, coco_copy, palette
 from dataset import Augmentation, EpochSampler, LandmarkDataset, collate_readable, colour_matrix
@@ -107,3 +108,9 @@ def test_coco_visibility_is_carried_through_crop_and_flip(toy_train_json, tmp_pa
     assert batch["labelled"].shape == (2, 8) and batch["labelled"].dtype == torch.bool
 
 
+
+
+def test_a_file_without_faces_says_so_before_asking_for_a_data_root(toy_train_json, tmp_path):
+    path = coco_copy(toy_train_json, tmp_path, lambda coco: coco.update(images=[], annotations=[], info={}))
+    with pytest.raises(DataError, match=r"changed\.json: holds no annotated faces$"):
+        LandmarkDataset(path, None, 64)

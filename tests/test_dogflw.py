@@ -1,5 +1,8 @@
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ from PIL import Image
 from basics.coco_files import DOGFLW_META
 from basics.dogflw import LabelError, convert
 from basics.errors import DataError
-from conftest import SMALL_META, make_faces, palette, run_cli
+from conftest import REPO, SMALL_META, make_faces, palette, run_cli
 from dataset import LandmarkDataset
 from tools import convert_dogflw_to_coco as convert_mod
 
@@ -110,7 +113,7 @@ def test_strict_exits_non_zero_and_writes_nothing(root, tmp_path):
     (out / "train.json").write_text("previous")
     label_path(root, "test", 0).write_text("{")
     result = run_cli("tools/convert_dogflw_to_coco.py", "--dogflw_root", str(root), "--out_dir", str(out),
-                     "--strict", check=False)
+                     "--strict", "--overwrite", check=False)
     assert result.returncode != 0
     assert "test_0000.json" in result.stderr and "nothing written" in result.stderr
     assert (out / "train.json").read_text() == "previous"
@@ -342,3 +345,54 @@ def test_one_problem_shared_by_many_files_is_summarised(tmp_path, capsys):
         convert(root, tmp_path / "ann", DOGFLW_META)  # 8 landmarks per label, DogFLW has 46
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and err[3] == "... and 29 more files: has 8 landmarks, expected 46"  # 32 labels
+
+
+def test_a_fifo_among_the_images_is_skipped_with_one_line_and_never_opened(root, tmp_path):
+    images = root / "train" / "images"
+    (images / "train_0001.png").replace(tmp_path / "elsewhere.png")
+    (images / "train_0001.png").symlink_to(tmp_path / "elsewhere.png")  # a link is followed, as today
+    (images / "train_0002.png").unlink()
+    os.mkfifo(images / "train_0002.png")
+    result = subprocess.run([sys.executable, "tools/convert_dogflw_to_coco.py", "--dogflw-root", str(root),
+                             "--out-dir", str(tmp_path / "ann")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [f"{images / 'train_0002.png'}: not a regular file (a FIFO); skipped"]
+    assert "train: 4 images written" in result.stdout and "1 left out" in result.stdout
+
+
+def halve_images(root, split, numbers):
+    """Images resized after labelling: each of `numbers` saved at half its size."""
+    for n in numbers:
+        path = root / split / "images" / f"{split}_{n:04d}.png"
+        image = Image.open(path)
+        image.resize((image.width // 2, image.height // 2)).save(path)
+
+
+def test_images_resized_after_labelling_are_left_out_and_the_likely_cause_said(tmp_path, capsys):
+    root = make_faces(tmp_path / "dogflw", {"train": 4, "val": 12}, DOGFLW_META)
+    halve_images(root, "val", [1, 4, 7, 10])
+    assert convert(root, tmp_path / "ann", DOGFLW_META) == {"train": 4, "val": 8}
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if "outside" in line]
+    assert lines[:4] == [f"{root / 'val' / 'images' / f'val_{n:04d}.png'}: more than a quarter of its labelled "
+                         "landmarks lie outside it (by over 4 px)" for n in (1, 4, 7, 10)]
+    assert lines[4:] == ["val: 4 of 12 images have landmarks far outside the image: the images were most likely "
+                         "resized after labelling; check they are the originals"]
+    assert "val: 8 images written" in out and "4 left out" in out
+    assert len(json.loads((tmp_path / "ann" / "val.json").read_text())["images"]) == 8
+
+
+def test_one_image_with_landmarks_outside_it_is_left_out_without_a_cause_guessed(tmp_path, capsys):
+    root = make_faces(tmp_path / "dogflw", {"train": 4, "val": 12}, DOGFLW_META)
+    halve_images(root, "val", [3])
+    assert convert(root, tmp_path / "ann", DOGFLW_META) == {"train": 4, "val": 11}
+    assert "resized after labelling" not in capsys.readouterr().err
+
+
+def test_images_resized_after_labelling_stop_a_strict_conversion(tmp_path):
+    root = make_faces(tmp_path / "dogflw", {"train": 4, "val": 12}, DOGFLW_META)
+    halve_images(root, "val", [1, 4, 7, 10])
+    result = run_cli("tools/convert_dogflw_to_coco.py", "--dogflw-root", str(root), "--out-dir", str(tmp_path / "ann"),
+                     "--strict", check=False)
+    assert result.returncode == 1 and "resized after labelling" in result.stderr
+    assert "nothing written (--strict)" in result.stderr and not list((tmp_path / "ann").glob("*.json"))

@@ -130,3 +130,31 @@ def test_with_the_detector_each_face_takes_its_best_overlapping_detection_and_mi
     assert metrics["unmatched_detections"] == 7 and metrics["detections_per_image"] == pytest.approx(14 / 8)
     assert metrics["images_with_unmatched_detections"] == sorted(r["file"] for i, r in enumerate(dataset.records)
                                                                  if i != 3)  # each decoy is a false positive
+
+
+@pytest.mark.parametrize("target", ["checkpoint", "ann"])
+def test_the_metrics_file_never_replaces_what_is_scored(tiny_run, tmp_path, capsys, target):
+    inputs = {"checkpoint": tmp_path / "ck.pth", "ann": tmp_path / "val.json"}
+    inputs["checkpoint"].write_bytes(tiny_run["checkpoint"].read_bytes())
+    inputs["ann"].write_bytes((tiny_run["ann"] / "val.json").read_bytes())
+    before = {name: path.read_bytes() for name, path in inputs.items()}
+    code = evaluate.main(evaluate_args(inputs["checkpoint"], inputs["ann"], "--out", str(inputs[target]), "--overwrite"))
+    assert code == 1
+    assert capsys.readouterr().err.strip() == (f"error: --out {inputs[target]}: is --{target}, which this command "
+                                               "reads; write it elsewhere")
+    assert {name: path.read_bytes() for name, path in inputs.items()} == before
+
+
+def test_metrics_and_pictures_are_replaced_only_with_overwrite(tiny_run, tmp_path, capsys):
+    out, vis = tmp_path / "m.json", tmp_path / "pictures"
+    out.write_text("an earlier result")
+    assert evaluate.main(evaluate_args(tiny_run["checkpoint"], tiny_run["ann"] / "val.json", "--out", str(out))) == 1
+    assert f"--out {out}: exists; give --overwrite to replace it" in capsys.readouterr().err
+    vis.mkdir()
+    (vis / "figure_for_the_paper.png").write_bytes(b"kept")
+    args = evaluate_args(tiny_run["checkpoint"], tiny_run["ann"] / "val.json", "--vis", "1", "--vis-dir", str(vis))
+    assert evaluate.main(args) == 1
+    assert f"--vis-dir {vis}: holds files; give --overwrite to replace them" in capsys.readouterr().err
+    assert out.read_text() == "an earlier result" and [p.name for p in vis.iterdir()] == ["figure_for_the_paper.png"]
+    assert evaluate.main([*args, "--out", str(out), "--overwrite"]) == 0
+    assert json.loads(out.read_text())["num_images"] == 8 and (vis / "ced.png").exists()

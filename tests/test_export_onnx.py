@@ -46,7 +46,7 @@ def test_a_failed_check_writes_nothing_and_keeps_the_previous_file(tiny_run, tmp
     out = tmp_path / "model.onnx"
     out.write_bytes(b"a good model from before")
     monkeypatch.setattr(export_onnx, "max_difference", lambda *args: (0.5, 0.0))
-    assert export_onnx.main(["--checkpoint", str(tiny_run["checkpoint"]), "--out", str(out)]) == 1
+    assert export_onnx.main(["--checkpoint", str(tiny_run["checkpoint"]), "--out", str(out), "--overwrite"]) == 1
     assert "differs from PyTorch by more than" in capsys.readouterr().err
     assert out.read_bytes() == b"a good model from before" and sorted(tmp_path.iterdir()) == [out]
 
@@ -54,6 +54,16 @@ def test_a_failed_check_writes_nothing_and_keeps_the_previous_file(tiny_run, tmp
 def test_the_checkpoint_is_never_the_output(tiny_run, tmp_path, capsys):
     copy = tmp_path / "best.pth"
     copy.write_bytes(tiny_run["checkpoint"].read_bytes())
-    assert export_onnx.main(["--checkpoint", str(copy), "--out", str(copy)]) == 1
-    assert "is the checkpoint itself" in capsys.readouterr().err
+    assert export_onnx.main(["--checkpoint", str(copy), "--out", str(copy), "--overwrite"]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: --out {copy}: is --checkpoint, which this command reads; "
+                                               "write it elsewhere")
     assert copy.read_bytes() == tiny_run["checkpoint"].read_bytes()
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite(tiny_run, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a user's notes")
+    assert export_onnx.main(["--checkpoint", str(tiny_run["checkpoint"]), "--out", str(notes)]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: --out {notes}: exists; give --overwrite to replace it, or "
+                                               "write elsewhere")
+    assert notes.read_text() == "a user's notes" and sorted(tmp_path.iterdir()) == [notes]

@@ -1,12 +1,17 @@
 """The one image reader: upright as displayed, 8-bit RGB from any depth, one line for what it cannot read."""
 
+import os
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from basics.errors import DataError
-from basics.images import read_image
+from basics.images import IMAGE_EXTENSIONS, list_media, read_image
+from conftest import REPO
 
 
 def test_the_one_image_reader_turns_an_exif_rotated_jpeg_upright(tmp_path):
@@ -29,3 +34,18 @@ def test_a_16_bit_png_is_scaled_to_8_bits_not_read_as_white(tmp_path, depth):
     image = read_image(tmp_path / "deep.png")
     assert image.dtype == np.uint8 and image.shape == (48, 64, 3)
     np.testing.assert_allclose(image[..., 0].astype(float), ramp / 257.0, atol=1.0)  # 0 .. 255 as the ramp goes
+
+
+def test_a_fifo_among_inputs_is_named_and_never_opened(tmp_path):
+    """A FIFO opened for reading waits for a writer: listing and reading must not open it."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    os.mkfifo(folder / "b.png")
+    (folder / "c.png").symlink_to(folder / "a.png")  # a link is followed, as a file
+    files, problems = list_media([str(folder), str(folder / "b.png")], IMAGE_EXTENSIONS, "image")
+    assert files == [folder / "a.png", folder / "c.png"]
+    assert problems == [f"{folder / 'b.png'}: not a regular file (a FIFO)"] * 2
+    code = f"from basics.images import read_image\nread_image({str(folder / 'b.png')!r})"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "b.png: cannot read image (a FIFO, not a regular file)" in result.stderr

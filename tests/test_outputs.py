@@ -7,7 +7,7 @@ import pytest
 
 from basics import outputs
 from basics.errors import UsageError
-from basics.outputs import Staging, check_output_file, check_output_folder, strict_json, write_json
+from basics.outputs import Staging, check_output_file, check_output_folder, check_outputs, strict_json, write_json
 from basics.run_utils import MetricsLog
 
 
@@ -62,3 +62,33 @@ def test_a_staged_set_appears_whole_and_an_abandoned_one_leaves_nothing(tmp_path
             staging.path("other.csv").write_text("half")
             raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.csv", "clip_regions", "clip_summary.json"]
+
+
+def test_an_output_that_is_an_input_is_refused_under_any_name(tmp_path):
+    data = tmp_path / "val.json"
+    data.write_text("{}")
+    (tmp_path / "link.json").symlink_to(data)
+    os.link(data, tmp_path / "hard.json")
+    for out in (data, tmp_path / "link.json", tmp_path / "hard.json", tmp_path / "sub" / ".." / "val.json"):
+        with pytest.raises(UsageError, match=f"--out {out}: is --ann, which this command reads"):
+            check_outputs({"--ann": data, "--meta": None}, {"--out": out}, overwrite=True)
+    check_outputs({"--ann": data}, {"--out": tmp_path / "m.json", "--vis-dir": None}, overwrite=False)
+
+
+def test_two_outputs_on_one_file_are_refused_naming_both(tmp_path):
+    with pytest.raises(UsageError, match="clip_dlc.mp4's output .*: is also written as clip.mp4's output; give"):
+        check_outputs({}, [("clip.mp4's output", tmp_path / "clip_dlc.csv"),
+                           ("clip_dlc.mp4's output", tmp_path / "CLIP_dlc.csv")], overwrite=True)
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path):
+    done, pictures = tmp_path / "m.json", tmp_path / "vis"
+    done.write_text("kept")
+    pictures.mkdir()
+    check_outputs({}, {"--vis-dir": pictures}, overwrite=False, folders=("--vis-dir",))  # empty: free
+    (pictures / "a.png").write_bytes(b"")
+    with pytest.raises(UsageError, match="--out .*m.json: exists; give --overwrite to replace it"):
+        check_outputs({}, {"--out": done}, overwrite=False)
+    with pytest.raises(UsageError, match="--vis-dir .*vis: holds files; give --overwrite to replace them"):
+        check_outputs({}, {"--vis-dir": pictures}, overwrite=False, folders=("--vis-dir",))
+    check_outputs({}, {"--out": done, "--vis-dir": pictures}, overwrite=True, folders=("--vis-dir",))

@@ -189,7 +189,7 @@ def test_the_landmarks_of_a_found_face_are_those_of_its_box(tiny_run, tmp_path, 
     predict_ok("--checkpoint", str(tiny_run["checkpoint"]), str(tmp_path / "scene.png"), "--bbox",
                ",".join(map(str, boxes[1])), "--out", str(tmp_path / "given"), "--device", "cpu")
     with_known_faces(monkeypatch, boxes[1:], np.array([0.7]))
-    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", "any.pth", str(tmp_path / "scene.png"),
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]), str(tmp_path / "scene.png"),
                "--out", str(tmp_path / "found"), "--device", "cpu")
     given, found = (load_result(tmp_path / name, "scene")["faces"][0] for name in ("given", "found"))
     np.testing.assert_allclose(found["landmarks"], given["landmarks"], atol=1e-4)
@@ -215,7 +215,7 @@ def test_a_video_gives_a_row_per_frame_and_face_with_ids_that_follow_the_faces(t
     found = iter(boxes)
     monkeypatch.setattr(inference, "FaceDetector", lambda checkpoint, device: type("Moving", (), {
         "boxes": lambda self, images, threshold: [(next(found), np.array([0.9, 0.8])) for _ in images]})())
-    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", "any.pth", str(tmp_path / "clip.avi"),
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]), str(tmp_path / "clip.avi"),
                "--out", str(tmp_path / "out"), "--device", "cpu", "--save-video")
     with open(tmp_path / "out" / "clip.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -280,15 +280,68 @@ def test_finished_inputs_are_skipped_and_overwrite_redoes_them(tiny_run, tmp_pat
     inputs, out = a_photo_and_a_video(tiny_run, tmp_path / "in"), tmp_path / "out"
     args = ["--checkpoint", str(tiny_run["checkpoint"]), str(inputs), "--out", str(out), "--device", "cpu"]
     predict_ok(*args)
-    (out / "face.json").write_text('{"kept": true}')  # a result the user has, e.g. edited by hand
-    (out / "clip.csv").write_text("kept\n")
+    face = (out / "face.json").read_bytes()
+    (out / "clip.csv").write_text("kept\n")  # a result the user has, e.g. edited by hand
     capsys.readouterr()
     predict_ok(*args)
     said = capsys.readouterr().out
     assert f"{inputs / 'face.png'}: done already" in said and f"{inputs / 'clip.avi'}: done already" in said
-    assert (out / "face.json").read_text() == '{"kept": true}' and (out / "clip.csv").read_text() == "kept\n"
+    assert (out / "face.json").read_bytes() == face and (out / "clip.csv").read_text() == "kept\n"
     predict_ok(*args, "--overwrite")
     assert "faces" in load_result(out, "face") and (out / "clip.csv").read_text().startswith("frame,time_s")
+
+
+def test_a_rerun_with_another_checkpoint_or_flags_says_what_differs_instead_of_skipping(tiny_run, tmp_path, capsys):
+    inputs, out = a_photo_and_a_video(tiny_run, tmp_path / "in"), tmp_path / "out"
+    args = ["--checkpoint", str(tiny_run["checkpoint"]), str(inputs), "--out", str(out), "--device", "cpu"]
+    predict_ok(*args)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = tmp_path / "other.pth"
+    other.write_bytes(tiny_run["checkpoint"].read_bytes() + b"\0")  # another file: another SHA-256
+    capsys.readouterr()
+    assert predict.main([*args[:1], str(other), *args[2:]]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: 2 input(s) have outputs from another checkpoint or other settings, e.g. {out / 'clip_summary.json'} "
+        "(checkpoint_sha256); --overwrite redoes them, or write to another --out")
+    assert predict.main([*args, "--flip-test", "--filter-window", "9"]) == 1
+    assert f"{out / 'clip_summary.json'} (flip_test, filter_window)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert load_result(out, "face")["produced_by"]["flip_test"] is False
+
+
+def test_inputs_whose_outputs_would_share_a_name_are_refused_before_any_work(tiny_run, tmp_path, capsys):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    frames = moving_two_faces(tiny_run["root"], frames=4)[0]
+    for name in ("clip.avi", "clip_dlc.avi"):
+        write_video(inputs / name, frames)
+    assert predict.main(["--checkpoint", str(tiny_run["checkpoint"]), str(inputs), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {inputs / 'clip_dlc.avi'}'s output {out / 'clip_dlc.csv'}: is also written as "
+        f"{inputs / 'clip.avi'}'s output; give them different names")
+    assert list(out.iterdir()) == []
+
+
+def test_the_input_folder_as_out_never_reads_its_own_overlays_as_photos(tiny_run, tmp_path, capsys):
+    inputs = a_photo_and_a_video(tiny_run, tmp_path / "in")
+    args = ["--checkpoint", str(tiny_run["checkpoint"]), str(inputs / "face.png"), "--out", str(inputs)]
+    predict_ok(*args)
+    capsys.readouterr()
+    assert predict.main(["--checkpoint", str(tiny_run["checkpoint"]), str(inputs), "--out", str(inputs),
+                         "--overwrite"]) == 1
+    assert f"{inputs / 'face.png'}'s output {inputs / 'face_overlay.png'}: is an input" in capsys.readouterr().err
+    assert not (inputs / "face_overlay_overlay.png").exists()
+
+
+def test_a_name_too_long_for_the_file_system_is_shortened_stably_and_recorded_whole(tiny_run, tmp_path):
+    name = "a" * 241 + ".avi"  # 245 characters: NAME_summary.json would pass the 255-byte limit
+    video, out = write_video(tmp_path / name, moving_two_faces(tiny_run["root"], frames=4)[0]), tmp_path / "out"
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), str(video), "--out", str(out), "--device", "cpu")
+    summaries = list(out.glob("*_summary.json"))
+    assert len(summaries) == 1 and len(summaries[0].name.encode()) <= 255
+    assert json.loads(summaries[0].read_text())["video"] == str(video)
+    assert predict.output_stems([video]) == predict.output_stems([Path("elsewhere") / name])  # stable
+    assert max(len(p.name) for p in out.iterdir()) <= 255
 
 
 def test_an_interrupted_folder_run_keeps_finished_videos_leaves_nothing_of_the_unfinished_and_continues(
@@ -347,7 +400,7 @@ def test_a_photo_without_a_face_gets_its_json_and_no_regions_folder(tiny_run, tm
     photo = tiny_run["root"] / "val" / "images" / "val_0000.png"
     monkeypatch.setattr(inference, "FaceDetector", lambda checkpoint, device: type("Nothing", (), {
         "boxes": lambda self, images, threshold: [(np.zeros((0, 4)), np.zeros(0)) for _ in images]})())
-    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", "any.pth", str(photo), "--out",
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]), str(photo), "--out",
                str(tmp_path / "out"), "--device", "cpu", "--crop-regions")
     assert load_result(tmp_path / "out", "val_0000")["faces"] == []
     assert not (tmp_path / "out" / "val_0000_regions").exists()
@@ -370,7 +423,7 @@ def test_a_video_where_no_face_is_found_has_a_row_per_frame_and_says_so(tiny_run
     video = write_video(tmp_path / "clip.avi", moving_two_faces(tiny_run["root"], frames=4)[0])
     monkeypatch.setattr(inference, "FaceDetector", lambda checkpoint, device: type("Nothing", (), {
         "boxes": lambda self, images, threshold: [(np.zeros((0, 4)), np.zeros(0)) for _ in images]})())
-    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", "any.pth", str(video), "--out",
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]), str(video), "--out",
                str(tmp_path / "out"), "--device", "cpu")
     rows = [line.split(",") for line in (tmp_path / "out" / "clip.csv").read_text().splitlines()[1:]]
     assert [int(row[0]) for row in rows] == [0, 1, 2, 3] and all(row[2] == "" for row in rows)

@@ -1,12 +1,15 @@
-"""Run utilities: the per-epoch log survives a torn line; a device that is not there is one line."""
+"""Run utilities: the per-epoch log survives a torn line; a device that is not there is one line; a run
+folder belongs to one live process."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from basics.errors import UsageError
-from basics.run_utils import MetricsLog, pick_device
+from basics.run_utils import RUN_LOCK, MetricsLog, choose_work_dir, pick_device
 
 
 def test_a_torn_last_line_is_skipped_and_trimmed_away(tmp_path):
@@ -29,3 +32,42 @@ def test_a_device_that_is_not_there_is_one_line(monkeypatch, name, message):
     assert pick_device("cpu") == torch.device("cpu")
 
 
+
+
+HOLD_THE_LOCK = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "a")
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_run_folder_a_live_process_trains_in_is_refused_and_free_once_it_ends(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(run / RUN_LOCK)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        for resuming in (False, True):
+            with pytest.raises(UsageError, match=f"--work-dir {run}: another run is training in it now"):
+                choose_work_dir(str(run), "unused", resuming=resuming)
+        assert list(run.iterdir()) == [run / RUN_LOCK]  # nothing of this process written there
+    finally:
+        other.kill()
+        other.wait()
+    assert choose_work_dir(str(run), "unused", resuming=False) == str(run)
+
+
+def test_the_default_folder_skips_one_a_live_process_holds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work_dirs" / "r").mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, "work_dirs/r/" + RUN_LOCK], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        assert choose_work_dir(None, "work_dirs/r", resuming=False) == "work_dirs/r-2"
+    finally:
+        other.kill()
+        other.wait()

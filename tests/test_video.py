@@ -1,12 +1,16 @@
 """Videos: every frame's position and time, what went wrong in reading, and the labelled video."""
 
+import json
+
+import cv2
 import numpy as np
 import pytest
 
 from analysis import video
-from analysis.tables import LandmarkTable, read_flat_table, write_flat_table
+from analysis.tables import NO_FACE, LandmarkTable, read_flat_table, write_flat_table
 from analysis.video import VideoFrames, label_video
 from conftest import break_video_frame, write_video
+from tools import label_video as label_video_tool
 
 
 def test_frames_after_an_undecodable_one_keep_their_position_and_time(tmp_path):
@@ -95,3 +99,60 @@ def test_the_labelled_video_has_every_frame_of_the_file_and_draws_only_sure_poin
     red = [(frame[:, :, 2].astype(int) - frame[:, :, 1]) > 100 for frame in drawn]  # the landmarks are red
     assert not red[0].any() and red[1].any() and not red[2].any() and red[3].any()
     assert red[1][:, 30:].sum() < red[3][:, 30:].sum() / 2  # frame 1's point b (confidence 0.05) is not drawn
+
+
+def a_table_of(frames: int) -> LandmarkTable:
+    """The flat table of a video of `frames` frames in which no face was found."""
+    return LandmarkTable(["a", "b"], np.arange(frames), np.arange(frames) / 10, np.full(frames, NO_FACE),
+                         np.full((frames, 4), np.nan), np.full(frames, np.nan), np.full((frames, 2, 2), np.nan),
+                         np.full((frames, 2), np.nan))
+
+
+class StatedCountCapture:
+    """A real cv2.VideoCapture whose container states `stated` frames (0: none)."""
+
+    def __init__(self, capture, stated: int):
+        self.capture, self.stated = capture, stated
+
+    def get(self, prop):
+        return float(self.stated) if prop == cv2.CAP_PROP_FRAME_COUNT else self.capture.get(prop)
+
+    def __getattr__(self, name):
+        return getattr(self.capture, name)
+
+
+def state_frame_count(monkeypatch, stated: int) -> None:
+    real = cv2.VideoCapture
+    monkeypatch.setattr(video.cv2, "VideoCapture", lambda path: StatedCountCapture(real(path), stated))
+
+
+@pytest.mark.parametrize("stated", ["its count", "no count"])
+@pytest.mark.parametrize("rows", [40, 80])
+def test_the_table_of_another_video_is_refused_before_drawing(tmp_path, monkeypatch, capsys, rows, stated):
+    clip = write_video(tmp_path / "clip.avi", [np.full((32, 48, 3), 40, np.uint8)] * 60)
+    if stated == "no count":
+        state_frame_count(monkeypatch, 0)
+    write_flat_table(tmp_path / "t.csv", a_table_of(rows))
+    assert label_video_tool.main([str(clip), str(tmp_path / "t.csv")]) == 1
+    assert f"t.csv: not the complete table of {clip}: it has rows for {rows} frames (0 to {rows - 1}), the video 60" \
+        in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "t.csv"]
+
+
+@pytest.mark.parametrize("stated", [0, 90])  # none, or more than the file holds (a truncated file)
+def test_its_own_table_is_drawn_whatever_frame_count_the_container_states(tmp_path, monkeypatch, stated):
+    clip = write_video(tmp_path / "clip.avi", [np.full((32, 48, 3), 40, np.uint8)] * 60)
+    state_frame_count(monkeypatch, stated)
+    write_flat_table(tmp_path / "t.csv", a_table_of(60))
+    assert label_video_tool.main([str(clip), str(tmp_path / "t.csv")]) == 0
+    assert (tmp_path / "t_labelled.mp4").is_file()
+
+
+def test_a_table_whose_summary_names_another_video_is_refused(tmp_path, capsys):
+    clip = write_video(tmp_path / "clip_002.avi", [np.full((32, 48, 3), 40, np.uint8)] * 60)
+    write_flat_table(tmp_path / "clip_001_filtered.csv", a_table_of(60))
+    (tmp_path / "clip_001_summary.json").write_text(json.dumps({"video": "videos/clip_001.avi", "frames_claimed": 60}))
+    assert label_video_tool.main([str(clip), str(tmp_path / "clip_001_filtered.csv")]) == 1
+    assert ("it has rows for 60 frames (0 to 59), the video 60, and its clip_001_summary.json names the video "
+            "clip_001.avi") in capsys.readouterr().err
+    assert not (tmp_path / "clip_001_filtered_labelled.mp4").exists()

@@ -3,8 +3,10 @@
 import csv
 
 import numpy as np
+import pytest
 
 from analysis.tables import LandmarkTable, NO_FACE, read_flat_table, write_dlc_table, write_flat_table
+from basics.errors import DataError
 
 
 def a_table() -> LandmarkTable:
@@ -54,3 +56,12 @@ def test_the_deeplabcut_table_has_its_four_header_rows_and_the_flat_tables_value
         np.testing.assert_allclose(got, np.column_stack([points, confidence]).ravel(), atol=1e-3)
     assert set(data[1][1:7]) == {""} and data[1][10:13] == ["", "", ""]  # face 1 and face 2's eye_r not found
     assert set(data[2][1:]) == {""} and set(data[4][1:]) == {""}  # no face in frame 2; frame 4: no row at all
+
+
+def test_a_table_with_a_short_row_is_refused_naming_its_line(tmp_path):
+    write_flat_table(tmp_path / "t.csv", a_table())
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    lines[2] = ",".join(lines[2].split(",")[:5])
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"t\.csv: line 3 has 5 cells, its header 14"):
+        read_flat_table(tmp_path / "t.csv")

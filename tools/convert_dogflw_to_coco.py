@@ -10,15 +10,16 @@ What is read, checked and repaired: basics/dogflw.py's docstring, and docs/USAGE
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 import _repo  # the repository on sys.path: tools/_repo.py
 from basics.cli import CommandLineParser
 from basics.coco_files import DOGFLW_META, read_meta_file
-from basics.dogflw import convert, convert_coco_export, download_dogflw
+from basics.dogflw import convert, convert_coco_export, download_dogflw, find_splits
 from basics.errors import reports_errors
-from basics.outputs import check_output_folder
+from basics.outputs import check_output_folder, check_outputs
 
 
 def build_parser() -> CommandLineParser:
@@ -36,7 +37,15 @@ def build_parser() -> CommandLineParser:
                         help="where <split>.json go")
     parser.add_argument("--meta", help="keypoint metadata JSON for another dataset (default: DogFLW's)")
     parser.add_argument("--strict", action="store_true", help="stop with an error on any bad file")
+    parser.add_argument("--overwrite", action="store_true", help="replace <split>.json files that exist in --out-dir")
     return parser
+
+
+def check_split_files(args: argparse.Namespace, root: Path | None) -> None:
+    """The files this conversion writes (one per split) checked against its inputs and existing files."""
+    splits = [args.split] if root is None else [split.name for split in find_splits(root)] if root.is_dir() else []
+    outputs = {f"--out-dir's {split}.json": Path(args.out_dir) / f"{split}.json" for split in splits}
+    check_outputs({"--coco": args.coco, "--meta": args.meta}, outputs, args.overwrite)
 
 
 @reports_errors
@@ -50,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     meta = read_meta_file(args.meta) if args.meta else DOGFLW_META
     check_output_folder(args.out_dir, "--out-dir")
     if args.coco:
+        check_split_files(args, None)
         images = Path(args.images) if args.images else Path(args.coco).parent
         convert_coco_export(args.coco, images, args.out_dir, meta, args.split, strict=args.strict)
         return 0
     root = download_dogflw() if args.download else Path(args.dogflw_root)
+    check_split_files(args, root)
     convert(root, args.out_dir, meta, strict=args.strict)
     return 0
 

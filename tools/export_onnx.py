@@ -26,7 +26,7 @@ import torch.nn as nn
 import _repo  # the repository on sys.path: tools/_repo.py
 from basics.cli import CommandLineParser, bounded_int, number_type
 from basics.errors import UsageError, UserFacingError, reports_errors
-from basics.outputs import check_output_file
+from basics.outputs import check_output_file, check_outputs
 from model import LandmarkModel, load_landmark_model
 
 TOLERANCE_PX = 1e-3  # largest accepted |ONNX Runtime - PyTorch| landmark difference, crop pixels
@@ -96,6 +96,7 @@ def build_parser() -> CommandLineParser:
     parser = CommandLineParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="best.pth or last.pth from train_simple.py")
     parser.add_argument("--out", required=True, help="ONNX file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--opset", type=number_type(int, 13, 23), default=17, help="ONNX opset version")
     parser.add_argument("--check-batch", type=bounded_int(1, 1024), default=3,
                         help="batch size of the parity check (the export itself uses 1)")
@@ -109,9 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @reports_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_outputs({"--checkpoint": args.checkpoint}, {"--out": args.out}, args.overwrite)
     out = check_output_file(args.out, "--out")
-    if out.exists() and out.resolve() == Path(args.checkpoint).resolve():
-        raise UsageError(f"--out {out}: is the checkpoint itself; give another file name")
     if importlib.util.find_spec("onnx") is None:
         raise UsageError("exporting needs the onnx package: pip install onnx onnxruntime")
     model, checkpoint, crop = load_landmark_model(args.checkpoint, map_location="cpu")

@@ -7,21 +7,23 @@ TABLE is a flat table that tools/predict.py wrote for VIDEO (NAME.csv, raw, or N
 row k is drawn on frame k of the file. Landmarks whose confidence is below --pcutoff are not
 drawn (DeepLabCut's pcutoff; points filled in by filtering have confidence 0). The video is
 written aside and moved into place when complete; an existing one is replaced only with
---overwrite.
+--overwrite. The table of another video (or a part of one) is refused before drawing: it must have a
+row for every frame of the file, and the NAME_summary.json beside it, if any, must name the video.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 import _repo  # the repository on sys.path: tools/_repo.py
-from analysis.tables import read_flat_table
-from analysis.video import label_video
+from analysis.tables import LandmarkTable, read_flat_table
+from analysis.video import VideoFrames, label_video
 from basics.cli import CommandLineParser, fraction, number_type
 from basics.errors import UsageError, reports_errors
-from basics.outputs import check_output_file
+from basics.outputs import check_output_file, check_outputs
 
 
 def build_parser() -> CommandLineParser:
@@ -36,6 +38,44 @@ def build_parser() -> CommandLineParser:
     return parser
 
 
+def video_frames(video: Path, expected: int) -> int:
+    """The frames of a video: the count its container states where that is `expected`, else counted by
+    reading the file (a stated count can be absent, approximate or more than a truncated file holds)."""
+    frames = VideoFrames(video)
+    if frames.claimed and frames.claimed == expected:
+        frames.capture.release()
+        return expected
+    for _ in frames:
+        pass
+    return frames.positions
+
+
+def recorded_video(table_path: Path) -> tuple[Path, str | None]:
+    """The NAME_summary.json beside a table NAME.csv or NAME_filtered.csv, and the file name of the video it
+    records (None where there is no readable summary)."""
+    summary = table_path.with_name(f"{table_path.stem.removesuffix('_filtered')}_summary.json")
+    try:
+        record = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return summary, None
+    name = record.get("video") if isinstance(record, dict) else None
+    return summary, Path(name).name if isinstance(name, str) else None
+
+
+def check_table_of(video: Path, table: LandmarkTable, table_path: Path) -> None:
+    """UsageError unless `table` has a row for every frame of `video` (0, 1, ..., its last) and no other,
+    and its summary, if any, names this video."""
+    drawn = sorted({int(frame) for frame in table.frames})
+    count = video_frames(video, len(drawn))
+    summary, recorded = recorded_video(table_path)
+    if drawn == list(range(count)) and recorded in (None, video.name):
+        return
+    rows = f"rows for {len(drawn)} frames ({drawn[0]} to {drawn[-1]})" if drawn else "no rows"
+    named = f", and its {summary.name} names the video {recorded}" if recorded not in (None, video.name) else ""
+    raise UsageError(f"{table_path}: not the complete table of {video}: it has {rows}, the video {count}{named}; "
+                     "give the video it was made from, or that video's table")
+
+
 @reports_errors
 def main(argv: list[str] | None = None) -> int:
     args: argparse.Namespace = build_parser().parse_args(argv)
@@ -43,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else table_path.with_name(f"{table_path.stem}_labelled.mp4")
     if out.suffix.lower() != ".mp4":
         raise UsageError(f"--out {out}: give a .mp4 file name")
+    check_outputs({"VIDEO": args.video, "TABLE": table_path}, {"--out": out}, args.overwrite)
     check_output_file(out, "--out")
-    if out.exists() and not args.overwrite:
-        raise UsageError(f"--out {out}: exists; give --overwrite to replace it, or another --out")
     table = read_flat_table(table_path)
+    check_table_of(Path(args.video), table, table_path)
     partial = out.with_name(f".{out.stem}.{os.getpid()}.partial.mp4")
     try:
         written = label_video(Path(args.video), table, partial, args.pcutoff, args.fps)

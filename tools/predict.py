@@ -19,8 +19,13 @@ Outputs, with NAME the input's file name (made distinct where two inputs share o
   --no-filter leaves them out), NAME_summary.json, and with --save-video NAME_labelled.mp4
   (drawn from the filtered table; tools/label_video.py draws any table);
 - --crop-regions: NAME_regions/ with a crop per face and region of the keypoint metadata.
-Every input's outputs are written aside and moved into place when complete. An input whose
-outputs exist (NAME.json, NAME_summary.json) is skipped and said so; --overwrite redoes it.
+Before any work the outputs are checked: an output that would be one of the inputs, or two
+inputs whose outputs would share a name (clip.mp4's DeepLabCut table and clip_dlc.mp4's table
+are both clip_dlc.csv), are refused, naming both; a NAME too long for the file system is
+shortened with a stable hash. Every input's outputs are written aside and moved into place when
+complete. NAME.json or NAME_summary.json records what produced them (the checkpoints' SHA-256
+and the flags that change results); an input whose outputs exist is skipped, said so, when they
+came from the same, and the command stops, saying what differs, when not; --overwrite redoes it.
 Ctrl-C or SIGTERM stops after the current batch: finished inputs stay complete, the unfinished
 one leaves nothing, and the inputs not done are listed. An input that cannot be read is
 reported on one line and skipped, and the exit status is then 1; in a video, a frame that
@@ -29,7 +34,9 @@ cannot be decoded is skipped, counted and reported, and the rest goes on.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -44,7 +51,7 @@ from analysis.video import VideoOptions, analyze_video
 from basics.cli import CommandLineParser, bounded_int, fraction
 from basics.errors import DataError, Interrupted, UsageError, reports_errors
 from basics.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_media
-from basics.outputs import Staging, check_output_folder
+from basics.outputs import Staging, check_output_folder, check_outputs
 from basics.run_utils import StopRequest
 from inference import FaceLandmarker, add_landmarker_flags, landmarker_from_args
 
@@ -81,19 +88,76 @@ def list_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
     return list_media(inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS, "image or video")
 
 
-def output_stems(inputs: list[Path]) -> list[str]:
-    """A distinct file stem per input for its outputs: the input's own stem, or where that is taken
-    (the same name in two folders, the same file twice, or a name such as x-2 next to two x's) the
-    stem with -2, -3, ... Compared without case, for case-insensitive file systems."""
+LONGEST_SUFFIX = len(".partial-4194304") + len("_dlc_filtered.csv")  # the longest name made from a stem
+
+
+def short_stem(stem: str, name_max: int) -> str:
+    """The stem, or where its outputs' names would pass the file system's limit of `name_max`
+    bytes, its start and a stable hash of the whole (the summary records the full input name)."""
+    if len(stem.encode()) + LONGEST_SUFFIX + 1 <= name_max:
+        return stem
+    digest = hashlib.sha1(stem.encode()).hexdigest()[:10]
+    start = stem.encode()[:name_max - LONGEST_SUFFIX - len(digest) - 2].decode(errors="ignore")
+    return f"{start}-{digest}"
+
+
+def output_stems(inputs: list[Path], name_max: int = 255) -> list[str]:
+    """A distinct file stem per input for its outputs: the input's own stem (`short_stem`), or where
+    that is taken (the same name in two folders, the same file twice, or a name such as x-2 next to
+    two x's) the stem with -2, -3, ... Compared without case, for case-insensitive file systems."""
     taken, stems = set(), []
     for path in inputs:
-        stem, n = path.stem, 1
+        own = short_stem(path.stem, name_max)
+        stem, n = own, 1
         while stem.lower() in taken:
             n += 1
-            stem = f"{path.stem}-{n}"
+            stem = f"{own}-{n}"
         taken.add(stem.lower())
         stems.append(stem)
     return stems
+
+
+def output_names(stem: str, video: bool, args: argparse.Namespace) -> list[str]:
+    """The names of what one input writes into --out (tools/predict.py's docstring lists them)."""
+    if not video:
+        names = [f"{stem}.json", f"{stem}_overlay.png"]
+    else:
+        names = [f"{stem}.csv", f"{stem}_dlc.csv", f"{stem}_summary.json"]
+        names += [] if args.no_filter else [f"{stem}_filtered.csv", f"{stem}_dlc_filtered.csv"]
+        names += [f"{stem}_labelled.mp4"] if args.save_video else []
+    return names + ([f"{stem}_regions"] if args.crop_regions else [])
+
+
+def check_output_names(jobs: list[tuple[Path, str]], out_dir: Path, args: argparse.Namespace) -> None:
+    """Before any work: no input's output is an input, and no two inputs' outputs share a name
+    (basics/outputs.check_outputs); existing outputs are the business of `skip_finished`."""
+    outputs = [(f"{path}'s output", out_dir / name) for path, stem in jobs
+               for name in output_names(stem, path.suffix.lower() in VIDEO_EXTENSIONS, args)]
+    check_outputs([("an input", path) for path, _ in jobs], outputs, overwrite=True)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+RESULT_FLAGS = ("flip_test", "refine", "score_threshold", "max_faces", "bbox", "boxes", "crop_regions", "region_size",
+                "detect_every", "no_filter", "filter_min_confidence", "filter_max_jump", "filter_max_gap",
+                "filter_window", "filter_method", "save_video", "pcutoff")
+
+
+def produced_by(args: argparse.Namespace) -> dict:
+    """What decides this run's results, recorded in each input's summary (NAME.json for a photo):
+    the checkpoints' contents and the flags that change what is written."""
+    record = {"checkpoint_sha256": file_sha256(args.checkpoint),
+              "detector_sha256": file_sha256(args.detector) if args.detector else None}
+    record.update({flag: getattr(args, flag) for flag in RESULT_FLAGS})
+    record["bbox"] = None if args.bbox is None else [float(v) for v in args.bbox]
+    record["boxes"] = file_sha256(args.boxes) if args.boxes else None
+    return record
 
 
 def build_parser() -> CommandLineParser:
@@ -154,7 +218,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def predict_videos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out_dir: Path, args: argparse.Namespace,
-                   problems: list[str], stop: StopRequest, done: list[Path]) -> None:
+                   problems: list[str], stop: StopRequest, done: list[Path], producer: dict) -> None:
     """The tables (and labelled video) of every video, each moved into place when complete and
     then added to `done`."""
     filter_options = None if args.no_filter else FilterOptions(
@@ -162,7 +226,7 @@ def predict_videos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out
         method=args.filter_method)
     options = VideoOptions(args.detect_every, args.batch_size, args.region_size if args.crop_regions else 0,
                            filter=filter_options, save_video=args.save_video, pcutoff=args.pcutoff,
-                           scorer=Path(args.checkpoint).resolve().parent.name)
+                           scorer=Path(args.checkpoint).resolve().parent.name, produced_by=producer)
     for path, stem in jobs:
         try:
             with Staging(out_dir, stem) as staging:
@@ -181,15 +245,34 @@ def predict_videos(jobs: list[tuple[Path, str]], landmarker: FaceLandmarker, out
         done.append(path)
 
 
-def skip_finished(jobs: list[tuple[Path, str]], out_dir: Path, overwrite: bool) -> list[tuple[Path, str]]:
-    """The jobs to do: without --overwrite, those whose complete outputs exist are skipped, said so."""
-    todo = []
+def recorded_producer(mark: Path) -> dict | None:
+    """The `produced_by` an earlier run recorded in an input's summary, if it can be read."""
+    try:
+        return json.loads(mark.read_text(encoding="utf-8")).get("produced_by")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def skip_finished(jobs: list[tuple[Path, str]], out_dir: Path, overwrite: bool, producer: dict
+                  ) -> list[tuple[Path, str]]:
+    """The jobs to do: without --overwrite, those whose complete outputs exist and were produced by
+    the same checkpoints and flags are skipped, said so; where they were produced otherwise, the
+    command stops, saying what differs."""
+    todo, differing = [], []
     for path, stem in jobs:
         mark = out_dir / (f"{stem}_summary.json" if path.suffix.lower() in VIDEO_EXTENSIONS else f"{stem}.json")
-        if mark.exists() and not overwrite:
-            print(f"{path}: done already ({mark} exists); skipped (--overwrite redoes it)")
-        else:
+        if not mark.exists() or overwrite:
             todo.append((path, stem))
+            continue
+        recorded = recorded_producer(mark) or {}
+        changed = [key for key in producer if recorded.get(key) != producer[key]]
+        if changed:
+            differing.append(f"{mark} ({', '.join(changed)})")
+        else:
+            print(f"{path}: done already ({mark} exists); skipped (--overwrite redoes it)")
+    if differing:
+        raise UsageError(f"{len(differing)} input(s) have outputs from another checkpoint or other settings, e.g. "
+                         f"{differing[0]}; --overwrite redoes them, or write to another --out")
     return todo
 
 
@@ -200,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     box_table = load_boxes(args.boxes) if args.boxes else {}
     out_dir = check_output_folder(args.out, "--out")
     files, problems = list_inputs(args.inputs)
-    jobs = list(zip(files, output_stems(files)))
+    jobs = list(zip(files, output_stems(files, os.pathconf(out_dir, "PC_NAME_MAX"))))
+    check_output_names(jobs, out_dir, args)
     videos = [job for job in jobs if job[0].suffix.lower() in VIDEO_EXTENSIONS]
     photos = [job for job in jobs if job[0].suffix.lower() not in VIDEO_EXTENSIONS]
     boxed = [str(p) for p, _ in videos if args.bbox is not None or str(p) in box_table or p.name in box_table]
@@ -212,16 +296,19 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"--crop-regions: {args.checkpoint} has no regions in its keypoint metadata")
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
-    photos, videos = (skip_finished(group, out_dir, args.overwrite) for group in (photos, videos))
+    producer = produced_by(args)
+    todo = skip_finished(jobs, out_dir, args.overwrite, producer)
+    photos, videos = ([job for job in group if job in todo] for group in (photos, videos))
     done = []
     try:
         with StopRequest("stopping after this batch; finished inputs stay complete") as stop:
             if photos:
                 options = PhotoOptions(args.checkpoint, args.detector, args.flip_test, args.batch_size,
-                                       args.region_size if args.crop_regions else 0, args.bbox, box_table, args.boxes)
+                                       args.region_size if args.crop_regions else 0, args.bbox, box_table, args.boxes,
+                                       producer)
                 analyze_photos(photos, landmarker, out_dir, options, problems, stop, done)
             if videos:
-                predict_videos(videos, landmarker, out_dir, args, problems, stop, done)
+                predict_videos(videos, landmarker, out_dir, args, problems, stop, done, producer)
     except Interrupted as stopped:
         left = [str(p) for p, _ in photos + videos if p not in done]
         raise Interrupted(f"{stopped}: {len(done)} input(s) done and complete in {out_dir}; not done (nothing of "
