@@ -43,6 +43,7 @@ from basics.errors import CheckpointError, DataError, reports_errors
 from basics.geometry import CropGeometry
 from basics.outputs import check_output_folder, check_writable, write_json
 from basics.run_utils import broadcast_buffers
+from basics.sagemaker import publish_model
 from basics.visualize import plot_training_curves
 from dataset import Augmentation, LandmarkDataset, collate_readable
 from inference import evaluate_loader
@@ -133,7 +134,7 @@ def add_model_flags(parser: CommandLineParser) -> None:
 
 
 def build_parser() -> CommandLineParser:
-    parser = CommandLineParser(description=__doc__)
+    parser = CommandLineParser(description=__doc__, on_off_values=True)
     add_data_flags(parser)
     add_model_flags(parser)
     run = parser.add_argument_group("run")
@@ -222,7 +223,7 @@ def load_datasets(args: argparse.Namespace, world_size: int) -> tuple[LandmarkDa
     """The annotations (converted first if missing) as training and validation sets, checked before
     any image is decoded: the same landmarks in both, a batch per process, and validation images
     that NME_IOD can score; and the test file."""
-    files = prepare_annotations(args.ann_root, args.data_root, args.val_fraction)
+    files = prepare_annotations(args.ann_root, args.data_root, args.val_fraction, args.meta)
     if args.extra_train:
         merged = Path(args.work_dir) / "train_with_extra.json"
         merged.parent.mkdir(parents=True, exist_ok=True)
@@ -466,6 +467,8 @@ def train(args: argparse.Namespace, checkpoint: dict | None = None) -> float:
         plot_training_curves(run.work_dir / "metrics.jsonl", run.work_dir / "curves.png")
     if data.test_file is not None:
         score_test(run, data)
+    if run.is_main:
+        publish_model(run.work_dir)
     return run.best
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +30,19 @@ from tqdm import tqdm
 
 from basics.checkpoints import CONFIG_KEYS, TRAINING_STATE_KEYS, read_checkpoint, save_checkpoint
 from basics.cli import bounded_int, fraction
-from basics.errors import CheckpointError, Interrupted, TrainingStopped, UsageError, UserFacingError
+from basics.errors import CheckpointError, Interrupted, RunFinished, TrainingStopped, UsageError, UserFacingError
 from basics.run_utils import (MetricsLog, StopRequest, broadcast_from_rank0, choose_work_dir, given_flags,
                               ignore_ctrl_c, pick_device, resumed_settings, seed_everything, setup_distributed,
                               sum_across_ranks)
+from basics.sagemaker import apply_job_defaults, publish_model
 from dataset import EpochSampler
 
 MAX_SEED = 2**32 - 1  # NumPy's and torch's seeds
 COST_AFTER_STEPS = 20  # a run says what it will cost after this many steps
 # what --resume takes from the command line in both trainers; every other setting is the run's own
 RESUME_MAY_CHANGE = ("resume", "epochs", "work_dir", "data_root", "ann_root", "device", "num_workers",
-                     "max_nonfinite_steps", "max_unreadable")
+                     "max_nonfinite_steps", "max_unreadable", "channel")
+PROGRESS_EVERY = 20  # steps between progress lines when stderr is no terminal (a SageMaker job's CloudWatch log)
 
 
 def add_run_flags(group: argparse._ArgumentGroup, default_work_dir: str, workers: int) -> None:
@@ -49,7 +52,10 @@ def add_run_flags(group: argparse._ArgumentGroup, default_work_dir: str, workers
     group.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
     group.add_argument("--resume", help="last.pth to continue from: the run goes on with its own settings; of the "
                        f"other flags only {', '.join('--' + f.replace('_', '-') for f in RESUME_MAY_CHANGE[1:])} "
-                       "are taken from this command line")
+                       "are taken from this command line. auto: --work-dir's last.pth if there is one (a restarted "
+                       "job continues its run), else a new run; on in a SageMaker job")
+    group.add_argument("--channel", default="training", help="in a SageMaker job (SM_MODEL_DIR set), the input "
+                       "channel holding the data: DogFLW's layout, or COCO files with their images")
     group.add_argument("--num-workers", type=bounded_int(0, 256), default=workers,
                        help="DataLoader worker processes (default: %(default)s: the cores, at most 8)")
     group.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0,
@@ -66,6 +72,10 @@ def parse_run(parser: argparse.ArgumentParser, argv: list[str] | None, kind: str
     state): the resumed run's own settings, with only the flags of `may_change` taken from the
     command line."""
     args = parser.parse_args(argv)
+    apply_job_defaults(args, given_flags(parser, argv))
+    automatic = args.resume == "auto"
+    if automatic:
+        args.resume = automatic_resume(args.work_dir)
     if not args.resume:
         return args, None
     checkpoint = read_checkpoint(args.resume, kind)
@@ -73,11 +83,28 @@ def parse_run(parser: argparse.ArgumentParser, argv: list[str] | None, kind: str
     if missing:
         raise CheckpointError(f"{args.resume}: not a training checkpoint (no {', '.join(missing)}); resume from a "
                               "run's last.pth (best.pth holds the inference weights only)")
+    resume = args.resume
     args = resumed_settings(parser, argv, args, checkpoint.get("args") or {}, may_change)
+    args.resume = resume  # the checkpoint's path, also where --resume auto found it
+    if args.epochs <= checkpoint["epoch"] and automatic:
+        publish_model(args.work_dir)
+        raise RunFinished(f"{args.work_dir}: its run has finished its {checkpoint['epoch']} epochs already; "
+                          "nothing to do (--epochs N with a larger N trains on)")
     if args.epochs <= checkpoint["epoch"]:
         raise UsageError(f"--epochs {args.epochs}: the run has finished {checkpoint['epoch']} epochs already; "
                          "give a larger --epochs to train longer")
+    if automatic:
+        print(f"--resume auto: continuing the run in {args.work_dir} from its last.pth ({checkpoint['epoch']} "
+              f"epochs done, then {checkpoint.get('next_batch', 0)} batches)")
     return args, checkpoint
+
+
+def automatic_resume(work_dir: str | None) -> str | None:
+    """--resume auto: the run folder's last.pth if it has one, else None (a new run)."""
+    if work_dir is None:
+        raise UsageError("--resume auto: give --work-dir, the run folder whose last.pth it continues")
+    last = Path(work_dir) / "last.pth"
+    return str(last) if last.exists() else None
 
 
 def adopt_architecture(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace,
@@ -117,12 +144,12 @@ def run_folder(args: argparse.Namespace, default: str) -> str:
         return choose_work_dir(args.work_dir, default, resuming=False)
     source = Path(args.resume).resolve().parent
     target = Path(args.work_dir)
-    if target.resolve() != source:
-        choose_work_dir(str(target), default, resuming=False)  # refused if it holds a run
-        records = MetricsLog(source / "metrics.jsonl").read()
-        if records:
-            target.mkdir(parents=True, exist_ok=True)
-            MetricsLog(target / "metrics.jsonl").rewrite(records)
+    if target.resolve() == source:
+        return choose_work_dir(str(target), default, resuming=True)
+    choose_work_dir(str(target), default, resuming=False)  # refused if it holds a run
+    records = MetricsLog(source / "metrics.jsonl").read()
+    if records:
+        MetricsLog(target / "metrics.jsonl").rewrite(records)
     return str(target)
 
 
@@ -374,8 +401,9 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, start_batch: int, stop
     start, sums, steps_done, unreadable = time.time(), {}, 0, []
     timed_from = start  # from the end of the first step, which warms up
     limit = run.args.max_unreadable * sampler.batches_per_epoch * loader.batch_size
+    bars = sys.stderr.isatty()  # else one line per PROGRESS_EVERY steps, as a job's log (CloudWatch) reads best
     bar = tqdm(loader, desc=f"epoch {epoch}/{run.args.epochs}", mininterval=1.0, dynamic_ncols=True,
-               disable=not run.is_main)
+               disable=not run.is_main or not bars)
     for i, batch in enumerate(bar, start=start_batch):
         unreadable += batch["unreadable"]
         if len(unreadable) > limit:
@@ -399,6 +427,9 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, start_batch: int, stop
             else:
                 count_bad_step(run, epoch, i)
             bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}", refresh=False)
+            if not bars and (i + 1) % PROGRESS_EVERY == 0:
+                run.log(f"epoch {epoch}/{run.args.epochs}, step {i + 1}/{sampler.batches_per_epoch}: loss "
+                        f"{result.loss:.4f}, lr {run.scheduler.get_last_lr()[0]:.2e}")
         run.scheduler.step()
         if stop_now:
             raise RunHalted(Interrupted(
@@ -424,6 +455,7 @@ def finish_epoch(run: Run, epoch: int, trained: EpochResult, score: float, recor
         save_checkpoint(run.training_state(epoch), run.work_dir / "last.pth")
         if improved:
             save_checkpoint(run.inference_state(epoch), run.work_dir / "best.pth")
+            publish_model(run.work_dir)
     skipped = f", {len(trained.unreadable)} unreadable images skipped" if trained.unreadable else ""
     run.log(f"epoch {epoch}: loss {trained.losses.get('train_loss', math.nan):.4f}, {summary} (best {run.best:.3f}), "
             f"{trained.images_per_s:.0f} img/s, {line['epoch_time_s']:.0f} s{skipped}")

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from basics.coco_files import DOGFLW_META, held_out_ids, split_coco
+from basics.coco_files import DOGFLW_META, held_out_ids, read_meta_file, split_coco
 from basics.dogflw import convert, download_dogflw
 from basics.errors import DataError
 from basics.outputs import write_json
@@ -49,11 +49,13 @@ def hold_out_validation(train: Path, fraction: float) -> tuple[Path, Path]:
     return rest, held
 
 
-def prepare_annotations(ann_root: str | Path, data_root: str | None, val_fraction: float = 0.0) -> AnnotationFiles:
+def prepare_annotations(ann_root: str | Path, data_root: str | None, val_fraction: float = 0.0,
+                        meta_file: str | None = None) -> AnnotationFiles:
     """The annotation files a trainer needs, converting DogFLW first where there are none (from
     --data-root, or downloaded when --ann-root is the default). With val.json, validation is on
     it and test.json (if any) is the test; with test.json alone, `val_fraction` of train is held
-    out for validation (0: validate on test.json, as papers that select on the test set do)."""
+    out for validation (0: validate on test.json, as papers that select on the test set do).
+    `meta_file`: the keypoint metadata of a dataset other than DogFLW, for the conversion."""
     ann_root = Path(ann_root)
     if not (ann_root / "train.json").exists():
         if data_root is None and ann_root != DEFAULT_ANN_ROOT:
@@ -62,7 +64,8 @@ def prepare_annotations(ann_root: str | Path, data_root: str | None, val_fractio
                             "or --data-root DIR (a copy of DogFLW) to convert it there")
         print(f"{ann_root / 'train.json'} not found: converting DogFLW "
               f"{'from ' + data_root if data_root else '(downloading it first)'}")
-        convert(Path(data_root) if data_root else download_dogflw(), ann_root, DOGFLW_META)
+        convert(Path(data_root) if data_root else download_dogflw(), ann_root,
+                read_meta_file(meta_file) if meta_file else DOGFLW_META)
     train, val, test = (ann_root / f"{name}.json" for name in ("train", "val", "test"))
     if val.exists():
         return AnnotationFiles(train, val, test if test.exists() else None)

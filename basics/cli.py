@@ -3,18 +3,51 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Callable
 
 
-class CommandLineParser(argparse.ArgumentParser):
-    """argparse with defaults shown in --help and a mistake reported as one line, exit status 2."""
+ON_OFF_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
-    def __init__(self, **kwargs):
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse with defaults shown in --help and a mistake reported as one line, exit status 2.
+    With `on_off_values`, every on/off flag (store_true) also takes SageMaker's form, a value of
+    True or False (true, 1, yes, false, 0, no) after it or after `=`; only those words are taken as
+    its value, never a file name that follows."""
+
+    def __init__(self, on_off_values: bool = False, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(**kwargs)
+        self.on_off_values = on_off_values
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self.on_off_values:
+            args = self.plain_on_off_flags(list(sys.argv[1:] if args is None else args))
+        return super().parse_known_args(args, namespace)
+
+    def plain_on_off_flags(self, argv: list[str]) -> list[str]:
+        """argv with `--flag True` and `--flag=true` as `--flag`, and `--flag False` left out."""
+        on_off = {option for action in self._actions if isinstance(action, argparse._StoreTrueAction)
+                  for option in action.option_strings}
+        plain, i = [], 0
+        while i < len(argv):
+            flag, equals, value = argv[i].partition("=")
+            if flag in on_off and not equals and i + 1 < len(argv) and argv[i + 1].lower() in ON_OFF_WORDS:
+                value, i = argv[i + 1], i + 1
+            elif flag in on_off and equals and value.lower() not in ON_OFF_WORDS:
+                self.error(f"{flag}={value}: an on/off flag takes True or False (or no value)")
+            elif flag not in on_off or not value:
+                plain.append(argv[i])
+                i += 1
+                continue
+            if ON_OFF_WORDS[value.lower()]:
+                plain.append(flag)
+            i += 1
+        return plain
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

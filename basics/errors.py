@@ -40,6 +40,12 @@ class TrainingStopped(UserFacingError):
     """A run stopped on purpose (non-finite loss, unreadable data, a checkpoint it cannot write)."""
 
 
+class RunFinished(UserFacingError):
+    """A restarted run (--resume auto) that had finished already: said in one line, exit status 0."""
+
+    exit_status = 0
+
+
 class Interrupted(TrainingStopped):
     """SIGINT or SIGTERM arrived and the run stopped cleanly."""
 
@@ -58,6 +64,9 @@ def reports_errors(main: Callable[..., int]) -> Callable[..., int]:
         except Interrupted as err:
             print(f"interrupted by {err}", file=sys.stderr)
             return err.exit_status
+        except RunFinished as done:
+            print(done)
+            return done.exit_status
         except UserFacingError as err:
             print(f"error: {err}", file=sys.stderr)
             return err.exit_status

@@ -5,6 +5,8 @@ prediction tools (overlays of new photos).
 """
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import cv2
@@ -124,8 +126,9 @@ def plot_training_curves(metrics_jsonl: Path, out_png: Path, title: str | None =
     fig.suptitle(title or Path(metrics_jsonl).parent.name)
     loss_ax, lr_ax, nme_ax = fig.subplots(1, 3)
     for key in ("train_loss", "train_heatmap", "train_coord"):
-        if key in records[epochs[0]]:
-            loss_ax.plot(epochs, [records[e][key] for e in epochs], marker=".", label=key.removeprefix("train_"))
+        if key in records[epochs[0]]:  # an epoch resumed after its last step has no loss of its own: a gap
+            loss_ax.plot(epochs, [records[e].get(key, math.nan) for e in epochs], marker=".",
+                         label=key.removeprefix("train_"))
     loss_ax.set(xlabel="epoch", ylabel="training loss", yscale="log")
     loss_ax.legend()
     lr_ax.plot(epochs, [records[e]["lr"] for e in epochs], marker=".")

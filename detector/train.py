@@ -48,7 +48,7 @@ ARCHITECTURE = {"model": "name", "min_size": "min_size", "max_size": "max_size"}
 
 
 def build_parser() -> CommandLineParser:
-    parser = CommandLineParser(description=__doc__)
+    parser = CommandLineParser(description=__doc__, on_off_values=True)
     data = parser.add_argument_group("data")
     data.add_argument("--data-root", help="dataset folder (default: the one the annotations record)")
     data.add_argument("--ann-root", default=str(DEFAULT_ANN_ROOT), help="folder with train.json and val.json "
@@ -66,7 +66,7 @@ def build_parser() -> CommandLineParser:
     net.add_argument("--min-size", type=multiple_of_32, default=320, help="short image side the detector sees")
     net.add_argument("--max-size", type=multiple_of_32, default=416, help="longest image side it sees")
     net.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights "
-                     "instead of torchvision's ImageNet weights")
+                     "instead of ImageNet's (fcos_lite0_fpn's come with pip; torchvision downloads the others')")
     net.add_argument("--init-from", help="a detector checkpoint (best.pth) to start from, with its architecture; "
                      "a new optimiser and schedule")
     opt = parser.add_argument_group("optimisation")

@@ -88,13 +88,32 @@ def write_broken_checkpoint(path: Path, kind: str, good: Path) -> Path:
     return path
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a project script as a user would, from the repository root."""
+def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a project script as a user would, from the repository root (with `env` added to the
+    environment)."""
     result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)  # a hang fails, not blocks
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600)  # a hang fails
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+# train_simple.py in a process that sends itself a signal as the step of the given number begins
+SIGNAL_AT_STEP = """
+import os, sys
+import train_simple
+at_step, signal_number, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+real_step, steps = train_simple.train_step, []
+
+def signalling_step(*args):
+    steps.append(1)
+    if len(steps) == at_step:
+        os.kill(os.getpid(), signal_number)
+    return real_step(*args)
+
+train_simple.train_step = signalling_step
+sys.exit(train_simple.main(argv))
+"""
 
 
 @pytest.fixture(scope="session")

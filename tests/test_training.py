@@ -16,7 +16,8 @@ import training
 from basics import outputs, run_utils
 from basics.codec import HeatmapCodec
 from basics.dogflw import convert
-from conftest import BROKEN_CHECKPOINTS, SMALL_META, SMALL_RUN, make_faces, run_cli, toy_args, write_broken_checkpoint
+from conftest import (BROKEN_CHECKPOINTS, SIGNAL_AT_STEP, SMALL_META, SMALL_RUN, make_faces, run_cli, toy_args,
+                      write_broken_checkpoint)
 
 
 def test_warmup_cosine_rises_linearly_then_decays_to_one_percent():
@@ -31,24 +32,6 @@ def test_warmup_cosine_rises_linearly_then_decays_to_one_percent():
 def uninterrupted(uninterrupted_run):
     """last.pth of the run nothing disturbed."""
     return torch.load(uninterrupted_run / "last.pth", weights_only=False)
-
-
-# train_simple.py in a process that sends itself a signal as the step of the given number begins
-SIGNAL_AT_STEP = """
-import os, sys
-import train_simple
-at_step, signal_number, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-real_step, steps = train_simple.train_step, []
-
-def signalling_step(*args):
-    steps.append(1)
-    if len(steps) == at_step:
-        os.kill(os.getpid(), signal_number)
-    return real_step(*args)
-
-train_simple.train_step = signalling_step
-sys.exit(train_simple.main(argv))
-"""
 
 
 def interrupt_in_epoch_2(args: list[str], sig: int) -> subprocess.CompletedProcess:
