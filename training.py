@@ -149,6 +149,7 @@ def run_folder(args: argparse.Namespace, default: str) -> str:
     choose_work_dir(str(target), default, resuming=False)  # refused if it holds a run
     records = MetricsLog(source / "metrics.jsonl").read()
     if records:
+        target.mkdir(parents=True, exist_ok=True)
         MetricsLog(target / "metrics.jsonl").rewrite(records)
     return str(target)
 

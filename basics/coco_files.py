@@ -169,6 +169,30 @@ def load_coco(ann_file: str | Path, meta_override: dict | None = None) -> CocoKe
     return CocoKeypoints(records, meta, info.get("data_root"), hashlib.sha1(data).hexdigest())
 
 
+def image_keys(ann_file: str | Path) -> dict[tuple, str]:
+    """A COCO file's images by what makes two entries one photo: the file name (without its folder)
+    and the size in pixels; each key's file name as the file gives it."""
+    try:
+        coco = json.loads(Path(ann_file).read_text(encoding="utf-8"))
+        return {(Path(image["file_name"]).name.lower(), image.get("width"), image.get("height")): image["file_name"]
+                for image in coco["images"]}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{ann_file}: not a usable COCO file ({type(err).__name__}: {err})") from None
+
+
+def shared_images(files: list[tuple[str, Path]]) -> list[tuple[str, str, int, str]]:
+    """For every two of the (role, COCO file) pairs that hold the same photos (`image_keys`): the
+    two roles, how many photos they share and one of them."""
+    keys = [(role, image_keys(path)) for role, path in files]
+    found = []
+    for i, (role, images) in enumerate(keys):
+        for other, other_images in keys[i + 1:]:
+            shared = images.keys() & other_images.keys()
+            if shared:
+                found.append((role, other, len(shared), images[min(shared)]))
+    return found
+
+
 def load_coco_images(ann_file: str | Path) -> tuple[list[dict], str | None]:
     """Each image of a COCO file with the boxes of all its annotations, {"id", "file", "boxes"
     (N, 4) x1, y1, x2, y2} (N may be 0), and the data root the file names: what a face detector

@@ -10,7 +10,9 @@ Command lines are parsed by `CommandLineParser`, whose argument types (positive_
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from typing import Callable
 
 
@@ -52,13 +54,24 @@ class Interrupted(TrainingStopped):
     exit_status = 130
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop), raised where it arrives so that it unwinds as Ctrl-C does:
+    temporary files removed, outputs finished before it kept."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
 def reports_errors(main: Callable[..., int]) -> Callable[..., int]:
     """Wrap a script's main(argv) -> exit status: a UserFacingError becomes "error: MESSAGE" (or
-    "interrupted by MESSAGE") on stderr and its exit status; Ctrl-C outside a training loop
-    becomes one line and 130."""
+    "interrupted by MESSAGE") on stderr and its exit status; Ctrl-C or SIGTERM outside a training
+    loop unwinds (temporary files go) and becomes one line and 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
         try:
             return main(*args, **kwargs)
         except Interrupted as err:
@@ -70,9 +83,10 @@ def reports_errors(main: Callable[..., int]) -> Callable[..., int]:
         except UserFacingError as err:
             print(f"error: {err}", file=sys.stderr)
             return err.exit_status
-        except KeyboardInterrupt:
-            print("interrupted by Ctrl-C", file=sys.stderr)
+        except KeyboardInterrupt as stop:
+            print(f"interrupted by {'SIGTERM' if isinstance(stop, Terminated) else 'Ctrl-C'}", file=sys.stderr)
             return 130
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
     return wrapper
-
-

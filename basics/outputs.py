@@ -140,10 +140,11 @@ class Staging:
     """A hidden folder beside one input's outputs where they are written, then moved into place
     together when all are complete (`commit`), the `last` one (the mark of a complete set) last.
     Leaving the `with` block without a commit (an error, Ctrl-C) removes the folder and what is in
-    it: nothing partial is left posing as done, and no earlier output is touched."""
+    it: nothing partial is left posing as done, and no earlier output is touched; a write that
+    fails (OSError: a full disk) becomes a DataError naming the outputs."""
 
     def __init__(self, out_dir: Path, stem: str):
-        self.out_dir = Path(out_dir)
+        self.out_dir, self.stem = Path(out_dir), stem
         self.folder = self.out_dir / f".{stem}.partial-{os.getpid()}"
 
     def __enter__(self) -> "Staging":
@@ -168,5 +169,8 @@ class Staging:
             moved.append(target)
         return moved
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, trace) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        if isinstance(error, OSError):  # a full disk, a folder taken away: one line, the earlier outputs kept
+            raise DataError(f"{self.out_dir / self.stem}: its outputs cannot be written "
+                            f"({error.strerror or error}); nothing of them is left") from None

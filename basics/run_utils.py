@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from basics.errors import UsageError
-from basics.outputs import strict_json, write_atomically
+from basics.outputs import file_above, strict_json, write_atomically
 
 
 def seed_everything(seed: int) -> None:
@@ -158,8 +158,14 @@ def holds_a_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in ("last.pth", "best.pth", "metrics.jsonl"))
 
 
-RUN_LOCK = ".run.lock"
 CLAIMED_RUN_FOLDERS: dict[str, object] = {}  # this process's run folders -> their lock files, open until it ends
+
+
+def run_lock(folder: Path) -> Path:
+    """A run folder's lock file: beside it (`.NAME.run.lock`), so that the folder holds the run's
+    files alone and is not created before the run is set up."""
+    folder = Path(os.path.realpath(folder))
+    return folder.parent / f".{folder.name}.run.lock"
 
 
 def claim_run_folder(folder: Path, fresh: bool) -> bool:
@@ -167,11 +173,17 @@ def claim_run_folder(folder: Path, fresh: bool) -> bool:
     when the process ends (so a folder restored on another machine is free). False if another live
     process holds it or, with `fresh`, if it holds a run already; checked after the lock is taken,
     so two runs started together cannot both pass."""
-    folder.mkdir(parents=True, exist_ok=True)
-    key = os.path.realpath(folder)
+    lock = run_lock(folder)
+    key = str(lock)
     newly_taken = key not in CLAIMED_RUN_FOLDERS
     if newly_taken:
-        handle = open(folder / RUN_LOCK, "a")
+        if file_above(Path(folder)) is not None:
+            raise UsageError(f"--work-dir {folder}: lies under a file ({file_above(Path(folder))}), not a folder")
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock, "a")
+        except OSError as err:
+            raise UsageError(f"--work-dir {folder}: cannot be created ({err.strerror or err})") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +106,19 @@ def test_a_missing_table_names_itself_before_any_work(tiny_run, tmp_path, capsys
                                 str(tmp_path / "new"), "--tables", str(tmp_path)]) == 1
     assert f"{tmp_path / 'clip.csv'}: no prediction table" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_sigterm_while_writing_frames_leaves_no_partial_folder_and_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+    video = four_scene_video(tiny_run["root"], tmp_path / "clip.avi")
+    real_imwrite, written = extract_frames.cv2.imwrite, []
+
+    def terminated_at_the_second_frame(path, image):
+        written.append(path)
+        if len(written) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # a job scheduler's stop
+        return real_imwrite(path, image)
+    monkeypatch.setattr(extract_frames.cv2, "imwrite", terminated_at_the_second_frame)
+    assert extract_frames.main([str(video), "--checkpoint", str(tiny_run["checkpoint"]), "--out", str(tmp_path / "out"),
+                                "--device", "cpu", "--frames", "4"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted by SIGTERM"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi"]  # no out, no .out.partial-PID

@@ -429,3 +429,25 @@ def test_a_video_where_no_face_is_found_has_a_row_per_frame_and_says_so(tiny_run
     assert [int(row[0]) for row in rows] == [0, 1, 2, 3] and all(row[2] == "" for row in rows)
     summary = json.loads((tmp_path / "out" / "clip_summary.json").read_text())
     assert summary["frames_read"] == 4 and summary["frames_with_a_face"] == 0
+
+
+def test_a_full_disk_while_writing_a_video_s_tables_is_one_line_and_leaves_no_partial_file(tiny_run, tmp_path,
+                                                                                           monkeypatch, capsys):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name in ("a.avi", "b.avi"):
+        write_video(inputs / name, moving_two_faces(tiny_run["root"], frames=4)[0])
+    real_analyze = predict.analyze_video
+
+    def disk_full_for_b(path, landmarker, staging, stem, *rest):
+        if path.name == "b.avi":
+            staging.path("b.csv").write_text("frame,")  # half a table, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real_analyze(path, landmarker, staging, stem, *rest)
+    monkeypatch.setattr(predict, "analyze_video", disk_full_for_b)
+    assert predict.main(["--checkpoint", str(tiny_run["checkpoint"]), str(inputs), "--out", str(out),
+                         "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert f"warning: {out / 'b'}: its outputs cannot be written (No space left on device); nothing of them is left" in err
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"a{end}" for end in (
+        ".csv", "_dlc.csv", "_filtered.csv", "_dlc_filtered.csv", "_summary.json"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from basics.errors import UsageError
-from basics.run_utils import RUN_LOCK, MetricsLog, choose_work_dir, pick_device
+from basics.run_utils import MetricsLog, choose_work_dir, pick_device, run_lock
 
 
 def test_a_torn_last_line_is_skipped_and_trimmed_away(tmp_path):
@@ -46,14 +46,14 @@ time.sleep(60)
 def test_a_run_folder_a_live_process_trains_in_is_refused_and_free_once_it_ends(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(run / RUN_LOCK)], stdout=subprocess.PIPE,
+    other = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(run_lock(run))], stdout=subprocess.PIPE,
                              text=True)
     try:
         assert other.stdout.readline().strip() == "held"
         for resuming in (False, True):
             with pytest.raises(UsageError, match=f"--work-dir {run}: another run is training in it now"):
                 choose_work_dir(str(run), "unused", resuming=resuming)
-        assert list(run.iterdir()) == [run / RUN_LOCK]  # nothing of this process written there
+        assert list(run.iterdir()) == []  # nothing of this process written there
     finally:
         other.kill()
         other.wait()
@@ -63,8 +63,8 @@ def test_a_run_folder_a_live_process_trains_in_is_refused_and_free_once_it_ends(
 def test_the_default_folder_skips_one_a_live_process_holds(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "work_dirs" / "r").mkdir(parents=True)
-    other = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, "work_dirs/r/" + RUN_LOCK], stdout=subprocess.PIPE,
-                             text=True)
+    other = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(run_lock(tmp_path / "work_dirs" / "r"))],
+                             stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "held"
         assert choose_work_dir(None, "work_dirs/r", resuming=False) == "work_dirs/r-2"

@@ -213,7 +213,7 @@ def test_a_second_run_never_overwrites_the_first(toy_ann, tmp_path, capsys, monk
     default = ["--ann-root", str(toy_ann), *SMALL_RUN, "--batch-size", "4", "--epochs", "1"]
     assert train_simple.main(default) == 0 and train_simple.main(default) == 0
     assert "work_dirs/resnet18_64 holds an earlier run; this one goes to work_dirs/resnet18_64-2" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "work_dirs").iterdir()) == ["resnet18_64", "resnet18_64-2"]
+    assert sorted(p.name for p in (tmp_path / "work_dirs").iterdir() if p.is_dir()) == ["resnet18_64", "resnet18_64-2"]
 
 
 def test_resume_into_a_folder_holding_another_run_is_refused_and_into_a_new_one_carries_the_record(
