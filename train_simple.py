@@ -34,15 +34,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from basics.annotation_files import DEFAULT_ANN_ROOT, prepare_annotations
+from basics.annotation_files import DEFAULT_ANN_ROOT, AnnotationFiles, prepare_annotations
 from basics.checkpoints import CHECKPOINT_FORMAT, LANDMARKS, read_checkpoint
 from basics.cli import CommandLineParser, bounded_int, multiple_of_32, number_type
-from basics.coco_files import merge_coco, read_meta_file
+from basics.coco_files import merge_coco, read_meta_file, shared_images
 from basics.ema import WeightAverage, copy_tensors
 from basics.errors import CheckpointError, DataError, reports_errors
 from basics.geometry import CropGeometry
 from basics.outputs import check_output_folder, check_writable, write_json
-from basics.run_utils import broadcast_buffers
+from basics.run_utils import broadcast_buffers, given_flags
 from basics.sagemaker import publish_model
 from basics.visualize import plot_training_curves
 from dataset import Augmentation, LandmarkDataset, collate_readable
@@ -79,6 +79,8 @@ def add_data_flags(parser: CommandLineParser) -> None:
     data.add_argument("--extra-train", nargs="+", metavar="COCO_FILE", help="more training files (e.g. a lab's "
                       "corrected frames, converted) to train on together with train.json, each under the data root "
                       "it names")
+    data.add_argument("--allow-overlap", action="store_true", help="train although a photo is in two of the "
+                      "training, extra, validation and test files (else refused): said in one line")
     data.add_argument("--meta", help="keypoint metadata JSON for COCO files whose category lacks flip_index or "
                       "iod_pair (the converter's --meta format)")
     data.add_argument("--input-size", type=multiple_of_32, default=256,
@@ -119,7 +121,7 @@ def add_model_flags(parser: CommandLineParser) -> None:
                       "(default: the annotations' keypoint_weights, else all 1)")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=bounded_int(1, 100_000), default=210, help="epochs of the whole run (days of "
-                     "CPU for hrnet_w32 at 256: use a GPU, or --backbone resnet18 --input-size 128 --epochs 20)")
+                     "CPU for hrnet_w32 at 256: use a GPU, or --backbone efficientnet_lite0 --epochs 40)")
     opt.add_argument("--batch-size", type=bounded_int(1, 65_536), default=32, help="per process under torchrun")
     opt.add_argument("--lr", type=number_type(float, 0, 10, low_open=True), default=4e-3,
                      help="peak AdamW learning rate of the head")
@@ -144,12 +146,22 @@ def build_parser() -> CommandLineParser:
     return parser
 
 
+# a backbone's measured best recipe (docs/RESULTS.md), its defaults where the command line leaves them out
+BACKBONE_DEFAULTS = {"efficientnet_lite0": {"input_size": 192, "sigma": 3.0, "backbone_lr_mult": 1.0}}
+
+
 def parse_run_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
     """The run's settings and, with --resume, its checkpoint: the command line, or the resumed
-    run's own settings with only RESUME_MAY_CHANGE taken from the command line. With --init-from,
+    run's own settings with only RESUME_MAY_CHANGE taken from the command line. A new run of a
+    backbone in BACKBONE_DEFAULTS takes its recipe for the flags not given. With --init-from,
     the architecture is the checkpoint's."""
     parser = build_parser()
     args, checkpoint = parse_run(parser, argv, LANDMARKS, RESUME_MAY_CHANGE)
+    if checkpoint is None:
+        given = given_flags(parser, argv)
+        for dest, value in BACKBONE_DEFAULTS.get(args.backbone, {}).items():
+            if dest not in given:
+                setattr(args, dest, value)
     if args.coord_loss_weight == 0 and args.heatmap_loss_weight == 0:
         parser.error("--heatmap-loss-weight and --coord-loss-weight are both 0: nothing would be learned")
     adopt_architecture(parser, argv, args, LANDMARKS, ARCHITECTURE)
@@ -219,11 +231,25 @@ class LandmarkData:
     test_file: Path | None
 
 
+def check_no_overlap(files: AnnotationFiles, extra: list[str], allowed: bool) -> None:
+    """Refuse (or, `allowed`, say in one line) photos that two of the training, extra, validation and
+    test files both hold: trained on and scored, or scored twice."""
+    roles = [("train", files.train), *((f"--extra-train {path}", Path(path)) for path in extra), ("val", files.val)]
+    roles += [("test", files.test)] if files.test is not None else []
+    for role, other, count, example in shared_images([(name, Path(path)) for name, path in roles]):
+        said = f"{count} photos are in both {role} and {other} (e.g. {example}; same file name and size)"
+        if not allowed:
+            raise DataError(f"{said}: a photo trained on and scored, or scored twice, makes the score meaningless; "
+                            "remove them from one file, or give --allow-overlap to train anyway")
+        print(f"warning: {said}; training anyway (--allow-overlap)")
+
+
 def load_datasets(args: argparse.Namespace, world_size: int) -> tuple[LandmarkDataset, LandmarkDataset, Path | None]:
     """The annotations (converted first if missing) as training and validation sets, checked before
     any image is decoded: the same landmarks in both, a batch per process, and validation images
     that NME_IOD can score; and the test file."""
     files = prepare_annotations(args.ann_root, args.data_root, args.val_fraction, args.meta)
+    check_no_overlap(files, args.extra_train or [], args.allow_overlap)
     if args.extra_train:
         merged = Path(args.work_dir) / "train_with_extra.json"
         merged.parent.mkdir(parents=True, exist_ok=True)
@@ -453,7 +479,8 @@ def set_up(args: argparse.Namespace, checkpoint: dict | None) -> tuple[LandmarkR
             + (f" x {world_size} processes" if world_size > 1 else "") + f"; run folder {run.work_dir}")
     if device.type == "cpu" and args.backbone.startswith("hrnet"):
         run.log(f"{args.backbone} is the GPU recipe: on a CPU a run takes days. The CPU route: --backbone "
-                "efficientnet_lite0 --input-size 160 --sigma 3 (ImageNet weights that come with pip)")
+                "efficientnet_lite0 (ImageNet weights that come with pip; its recipe: --input-size 192 --sigma 3 "
+                "--backbone-lr-mult 1)")
     return run, data, start
 
 

@@ -97,3 +97,18 @@ def test_the_landmarker_of_the_flags_has_their_checkpoint_detector_threshold_fli
     plain = landmarker_from_args(landmarker_parser().parse_args(["--checkpoint", str(tiny_run["checkpoint"]),
                                                                 "--device", "cpu"]))
     assert plain.detector is None and plain.predictor.flip_index is None and plain.refine == 0
+
+
+def test_max_faces_keeps_the_detectors_best_faces_of_each_image(tiny_run):
+    boxes = np.array([[10.0, 10, 50, 50], [20, 20, 60, 60], [0, 0, 30, 30]])
+    scores = np.array([0.9, 0.7, 0.4])  # best first, as detections come
+    found = type("Three", (), {"boxes": lambda self, images, threshold: [(boxes, scores) for _ in images]})()
+    predictor = LandmarkPredictor(tiny_run["checkpoint"], "cpu")
+    image = np.zeros((80, 80, 3), np.uint8)
+    one = FaceLandmarker(predictor, found, max_faces=1).faces([image, image])
+    assert [[face.score for face in faces] for faces in one] == [[0.9], [0.9]]
+    np.testing.assert_array_equal(one[0][0].box, boxes[0])
+    assert len(FaceLandmarker(predictor, found).faces([image])[0]) == 3  # 0: all of them
+    args = landmarker_parser().parse_args(["--checkpoint", str(tiny_run["checkpoint"]), "--max-faces", "2",
+                                           "--device", "cpu"])
+    assert landmarker_from_args(args).max_faces == 2

@@ -221,7 +221,9 @@ def test_best_pth_is_chosen_on_val_and_the_test_file_scored_once_at_the_end(toy_
     for name in ("train", "val"):
         (ann / f"{name}.json").write_bytes((toy_ann / f"{name}.json").read_bytes())
     (ann / "test.json").write_bytes((toy_ann / "val.json").read_bytes())
-    assert train_simple.main(toy_args(ann, tmp_path / "run", "--epochs", "1")) == 0
+    assert train_simple.main(toy_args(ann, tmp_path / "run", "--epochs", "1")) == 1  # test.json is val.json here
+    assert "photos are in both val and test" in capsys.readouterr().err
+    assert train_simple.main(toy_args(ann, tmp_path / "run", "--epochs", "1", "--allow-overlap")) == 0
     out = capsys.readouterr().out
     assert f"test NME_IOD of best.pth (chosen on {ann / 'val.json'})" in out
     assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["ann"] == str(ann / "test.json")
@@ -257,3 +259,26 @@ def test_hrnet_on_a_cpu_names_the_cpu_route(toy_ann, tmp_path, capsys):
     train_simple.set_up(train_simple.parse_args(
         toy_args(toy_ann, tmp_path / "run", "--backbone", "hrnet_w18_small")), None)
     assert "on a CPU a run takes days. The CPU route: --backbone efficientnet_lite0" in capsys.readouterr().out
+
+
+def test_photos_in_two_of_train_extra_and_val_are_refused_with_their_count_unless_allowed(tiny_run, tmp_path, capsys):
+    ann = tiny_run["ann"]
+    args = ["--ann-root", str(ann), "--data-root", str(tiny_run["root"]), "--extra-train", str(ann / "val.json"),
+            *SMALL_RUN, "--epochs", "1", "--work-dir", str(tmp_path / "run")]
+    assert train_simple.main(args) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: 8 photos are in both --extra-train {ann / 'val.json'} and val (e.g. val/images/val_0000.png; same "
+        "file name and size): a photo trained on and scored, or scored twice, makes the score meaningless; remove "
+        "them from one file, or give --allow-overlap to train anyway")
+    assert not (tmp_path / "run" / "last.pth").exists()
+    assert train_simple.main([*args, "--allow-overlap"]) == 0
+    assert "warning: 8 photos are in both --extra-train" in capsys.readouterr().out
+
+
+def test_lite0_takes_its_measured_recipe_where_the_command_line_leaves_it_out():
+    lite0 = train_simple.parse_args(["--backbone", "efficientnet_lite0"])
+    assert (lite0.input_size, lite0.sigma, lite0.backbone_lr_mult) == (192, 3.0, 1.0)
+    given = train_simple.parse_args(["--backbone", "efficientnet_lite0", "--input-size", "160", "--sigma", "2"])
+    assert (given.input_size, given.sigma, given.backbone_lr_mult) == (160, 2.0, 1.0)
+    hrnet = train_simple.parse_args([])
+    assert (hrnet.backbone, hrnet.input_size, hrnet.sigma, hrnet.backbone_lr_mult) == ("hrnet_w32", 256, 2.0, 0.1)
