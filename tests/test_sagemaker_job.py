@@ -129,3 +129,14 @@ def test_help_runs_from_the_repository_root_without_sagemaker():
     result = subprocess.run([sys.executable, "tools/sagemaker_job.py", "--help"], cwd=REPO, capture_output=True,
                             text=True)
     assert result.returncode == 0 and "--max-wait-hours" in result.stdout and "--no-spot" in result.stdout
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/USAGE.md"])
+def test_the_launcher_commands_the_docs_show_run_as_shown(doc, capsys):
+    text = (REPO / doc).read_text(encoding="utf-8").replace("\\\n", " ")
+    commands = [line.split() for line in text.splitlines() if line.startswith("python tools/sagemaker_job.py")]
+    assert commands, f"{doc} shows no launcher command"
+    for words in commands:
+        assert "--dry-run" in words and sagemaker_job.main(words[2:]) == 0
+        settings = json.loads(capsys.readouterr().out)
+        assert settings["hyperparameters"]["epochs"] == "210"
