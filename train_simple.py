@@ -147,7 +147,7 @@ def build_parser() -> CommandLineParser:
 
 
 # a backbone's measured best recipe (docs/RESULTS.md), its defaults where the command line leaves them out
-BACKBONE_DEFAULTS = {"efficientnet_lite0": {"input_size": 192, "sigma": 3.0, "backbone_lr_mult": 1.0}}
+BACKBONE_DEFAULTS = {"efficientnet_lite0": {"input_size": 224, "sigma": 3.0, "backbone_lr_mult": 1.0}}
 
 
 def parse_run_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
@@ -479,7 +479,7 @@ def set_up(args: argparse.Namespace, checkpoint: dict | None) -> tuple[LandmarkR
             + (f" x {world_size} processes" if world_size > 1 else "") + f"; run folder {run.work_dir}")
     if device.type == "cpu" and args.backbone.startswith("hrnet"):
         run.log(f"{args.backbone} is the GPU recipe: on a CPU a run takes days. The CPU route: --backbone "
-                "efficientnet_lite0 (ImageNet weights that come with pip; its recipe: --input-size 192 --sigma 3 "
+                "efficientnet_lite0 (ImageNet weights that come with pip; its recipe: --input-size 224 --sigma 3 "
                 "--backbone-lr-mult 1)")
     return run, data, start
 

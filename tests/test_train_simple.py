@@ -277,7 +277,7 @@ def test_photos_in_two_of_train_extra_and_val_are_refused_with_their_count_unles
 
 def test_lite0_takes_its_measured_recipe_where_the_command_line_leaves_it_out():
     lite0 = train_simple.parse_args(["--backbone", "efficientnet_lite0"])
-    assert (lite0.input_size, lite0.sigma, lite0.backbone_lr_mult) == (192, 3.0, 1.0)
+    assert (lite0.input_size, lite0.sigma, lite0.backbone_lr_mult) == (224, 3.0, 1.0)
     given = train_simple.parse_args(["--backbone", "efficientnet_lite0", "--input-size", "160", "--sigma", "2"])
     assert (given.input_size, given.sigma, given.backbone_lr_mult) == (160, 2.0, 1.0)
     hrnet = train_simple.parse_args([])
