@@ -118,9 +118,8 @@ class FaceLandmarker:
     def find_boxes(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Face boxes and scores per image: the detector's, or the whole image (score 1) without one."""
         if self.detector is not None:
-            found = self.detector.boxes(images, self.threshold)  # best first
-            return [(boxes[:self.max_faces], scores[:self.max_faces]) for boxes, scores in found] if self.max_faces \
-                else found
+            keep = self.max_faces or None  # detections come best first; 0: all of them
+            return [(boxes[:keep], scores[:keep]) for boxes, scores in self.detector.boxes(images, self.threshold)]
         return [(from_pixel_edges(np.array([[0.0, 0.0, image.shape[1], image.shape[0]]])), np.ones(1))
                 for image in images]
 

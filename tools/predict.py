@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     producer = produced_by(args)
-    todo = skip_finished(jobs, out_dir, args.overwrite, producer)
+    todo = set(skip_finished(jobs, out_dir, args.overwrite, producer))
     photos, videos = ([job for job in group if job in todo] for group in (photos, videos))
     done = []
     try:
