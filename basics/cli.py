@@ -33,20 +33,22 @@ class CommandLineParser(argparse.ArgumentParser):
         """argv with `--flag True` and `--flag=true` as `--flag`, and `--flag False` left out."""
         on_off = {option for action in self._actions if isinstance(action, argparse._StoreTrueAction)
                   for option in action.option_strings}
-        plain, i = [], 0
-        while i < len(argv):
-            flag, equals, value = argv[i].partition("=")
-            if flag in on_off and not equals and i + 1 < len(argv) and argv[i + 1].lower() in ON_OFF_WORDS:
-                value, i = argv[i + 1], i + 1
-            elif flag in on_off and equals and value.lower() not in ON_OFF_WORDS:
-                self.error(f"{flag}={value}: an on/off flag takes True or False (or no value)")
-            elif flag not in on_off or not value:
-                plain.append(argv[i])
-                i += 1
+        plain, skip = [], False
+        for i, word in enumerate(argv):
+            if skip:
+                skip = False
                 continue
+            flag, equals, value = word.partition("=")
+            if flag not in on_off:
+                plain.append(word)
+                continue
+            if equals and value.lower() not in ON_OFF_WORDS:
+                self.error(f"{flag}={value}: an on/off flag takes True or False (or no value)")
+            if not equals:
+                skip = i + 1 < len(argv) and argv[i + 1].lower() in ON_OFF_WORDS
+                value = argv[i + 1] if skip else "true"
             if ON_OFF_WORDS[value.lower()]:
                 plain.append(flag)
-            i += 1
         return plain
 
 

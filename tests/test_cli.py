@@ -9,6 +9,7 @@ import torch
 
 import evaluate
 import train_simple
+from basics.cli import CommandLineParser
 from conftest import REPO
 from tools import benchmark, convert_dogflw_to_coco, export_onnx, label_video, predict, train_detector
 
@@ -152,3 +153,16 @@ def test_every_number_flag_refuses_its_extremes_in_one_line(script, flag, value,
 def test_every_tools_script_runs_as_a_file_from_the_repository_root(script):
     result = subprocess.run([sys.executable, f"tools/{script}", "--help"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and "usage:" in result.stdout, result.stderr
+
+
+def test_on_off_flags_take_sagemakers_true_and_false_and_never_a_file_name_that_follows():
+    parser = CommandLineParser(on_off_values=True)
+    parser.add_argument("--no-pretrained", action="store_true")
+    parser.add_argument("files", nargs="*")
+    cases = {("--no-pretrained", "True"): True, ("--no-pretrained", "false"): False, ("--no-pretrained=1",): True,
+             ("--no-pretrained",): True, (): False}
+    for argv, value in cases.items():
+        assert parser.parse_args(list(argv)).no_pretrained is value
+    assert vars(parser.parse_args(["--no-pretrained", "x.json"])) == {"no_pretrained": True, "files": ["x.json"]}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--no-pretrained=maybe"])
