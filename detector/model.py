@@ -48,6 +48,7 @@ BODIES = {
                           [512, 1024, 2048], 256, 4),
 }
 DETECTORS = tuple(BODIES)
+FROZEN_STAGES = 2  # with ImageNet weights, a timm body's stem and first two stages (strides 2 and 4) stay as trained
 
 
 class PackagedBodyWithFPN(nn.Module):
@@ -64,8 +65,10 @@ class PackagedBodyWithFPN(nn.Module):
         if load_weights:
             count = load_packaged_weights(backbone, self.body)
             print(f"detector body {backbone}: ImageNet weights from its pip package ({count} tensors), no download")
-        if pretrained:
+        if pretrained:  # as torchvision's detectors keep their first layers: half the time of a CPU step
             self.body = freeze_batch_norm_2d(self.body)
+            for module in (self.body.conv_stem, self.body.bn1, *self.body.blocks[:FROZEN_STAGES]):
+                module.requires_grad_(False)
         self.fpn = FeaturePyramidNetwork(channels, width, extra_blocks=LastLevelP6P7(width, width))
         self.out_channels = width
 

