@@ -65,7 +65,7 @@ class PackagedBodyWithFPN(nn.Module):
         if load_weights:
             count = load_packaged_weights(backbone, self.body)
             print(f"detector body {backbone}: ImageNet weights from its pip package ({count} tensors), no download")
-        if pretrained:  # as torchvision's detectors keep their first layers: half the time of a CPU step
+        if pretrained:  # as torchvision's detectors keep their first layers (docs/measure/detector_step.py)
             self.body = freeze_batch_norm_2d(self.body)
             for module in (self.body.conv_stem, self.body.bn1, *self.body.blocks[:FROZEN_STAGES]):
                 module.requires_grad_(False)

@@ -130,8 +130,8 @@ def test_the_default_detector_body_is_lite0_with_its_packaged_imagenet_weights_a
     assert len(packaged) == len(body) and all(torch.equal(body[name], packaged[name]) for name in packaged)
     assert detector.transform.image_mean == [0.5] * 3 and detector.transform.image_std == [0.5] * 3
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in detector.backbone.body.modules())  # frozen
-    trained = {name.split(".")[0] + "." + name.split(".")[1] if name.startswith("blocks") else name.split(".")[0]
-               for name, p in detector.backbone.body.named_parameters() if p.requires_grad}
+    network = detector.backbone.body
+    trained = {".".join(name.split(".")[:2]) for name, p in network.named_parameters() if p.requires_grad}
     assert trained == {f"blocks.{i}" for i in range(2, 7)}  # the stem and the first two stages stay as trained
     assert all(p.requires_grad for p in detector.backbone.fpn.parameters())
     assert all(p.requires_grad for p in create_detector("fcos_lite0_fpn", pretrained=False).parameters())
