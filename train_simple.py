@@ -152,19 +152,19 @@ BACKBONE_DEFAULTS = {"efficientnet_lite0": {"input_size": 224, "sigma": 3.0, "ba
 
 def parse_run_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
     """The run's settings and, with --resume, its checkpoint: the command line, or the resumed
-    run's own settings with only RESUME_MAY_CHANGE taken from the command line. A new run of a
-    backbone in BACKBONE_DEFAULTS takes its recipe for the flags not given. With --init-from,
-    the architecture is the checkpoint's."""
+    run's own settings with only RESUME_MAY_CHANGE taken from the command line. With --init-from,
+    the architecture is the checkpoint's. A new run of a backbone in BACKBONE_DEFAULTS (named, or
+    the --init-from checkpoint's) takes its recipe for the flags not given."""
     parser = build_parser()
     args, checkpoint = parse_run(parser, argv, LANDMARKS, RESUME_MAY_CHANGE)
+    if args.coord_loss_weight == 0 and args.heatmap_loss_weight == 0:
+        parser.error("--heatmap-loss-weight and --coord-loss-weight are both 0: nothing would be learned")
+    adopt_architecture(parser, argv, args, LANDMARKS, ARCHITECTURE)
     if checkpoint is None:
         given = given_flags(parser, argv)
         for dest, value in BACKBONE_DEFAULTS.get(args.backbone, {}).items():
             if dest not in given:
                 setattr(args, dest, value)
-    if args.coord_loss_weight == 0 and args.heatmap_loss_weight == 0:
-        parser.error("--heatmap-loss-weight and --coord-loss-weight are both 0: nothing would be learned")
-    adopt_architecture(parser, argv, args, LANDMARKS, ARCHITECTURE)
     return args, checkpoint
 
 

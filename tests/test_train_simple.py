@@ -282,3 +282,14 @@ def test_lite0_takes_its_measured_recipe_where_the_command_line_leaves_it_out():
     assert (given.input_size, given.sigma, given.backbone_lr_mult) == (160, 2.0, 1.0)
     hrnet = train_simple.parse_args([])
     assert (hrnet.backbone, hrnet.input_size, hrnet.sigma, hrnet.backbone_lr_mult) == ("hrnet_w32", 256, 2.0, 0.1)
+
+
+def test_init_from_a_lite0_model_takes_lite0s_recipe_too(uninterrupted_run, tmp_path):
+    checkpoint = torch.load(uninterrupted_run / "best.pth", weights_only=False)
+    checkpoint["model_config"]["backbone"] = "efficientnet_lite0"  # only its config is read here
+    torch.save(checkpoint, tmp_path / "lite0.pth")
+    adopted = train_simple.parse_args(["--init-from", str(tmp_path / "lite0.pth")])
+    assert (adopted.backbone, adopted.input_size, adopted.sigma, adopted.backbone_lr_mult) == \
+        ("efficientnet_lite0", 224, 3.0, 1.0)
+    given = train_simple.parse_args(["--init-from", str(tmp_path / "lite0.pth"), "--sigma", "2"])
+    assert (given.input_size, given.sigma) == (224, 2.0)
