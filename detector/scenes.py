@@ -40,8 +40,8 @@ MIN_VISIBLE = 0.5  # a box cut by a cell's edge is kept when this share of its a
 @dataclass
 class SceneAugmentation:
     """Random scene composition for detector training; each probability at 0 switches its piece off."""
-    mosaic_prob: float = 0.5   # 2 to 4 training images tiled into one canvas
-    zoom_prob: float = 0.8     # else (no mosaic): the image moved and scaled, one face to a random size
+    mosaic_prob: float = 0.25  # 2 to 4 training images tiled into one canvas
+    zoom_prob: float = 0.5     # else (no mosaic): the image moved and scaled, one face to a random size
     negative_prob: float = 0.1  # a crop of an image's background alone: no face
     face_small: float = 0.08   # face side / canvas short side, log-uniform between these two
     face_large: float = 0.9
