@@ -20,10 +20,9 @@ from detector.scenes import FaceBoxes, SceneAugmentation
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
-def relative_sides(item: dict) -> np.ndarray:
+def relative_sides(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Each face box's longer side over its image's short side."""
-    boxes = item["target"]["boxes"].numpy()
-    return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / min(item["image"].shape[1:])
+    return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / min(height, width)
 
 
 def report_sizes(name: str, sides: np.ndarray) -> None:
@@ -31,11 +30,10 @@ def report_sizes(name: str, sides: np.ndarray) -> None:
           f"above 0.6: {np.mean(sides > 0.6):.3f}")
 
 
-def report_detector(path: str, val: FaceBoxes) -> None:
+def report_detector(path: str, val: FaceBoxes, images: list[np.ndarray]) -> None:
     model, _ = load_detector(path)
     rows = []  # width ratio, height ratio, IoU, face width / image width
-    for index, entry in enumerate(val.images):
-        image = val.read(index)
+    for entry, image in zip(val.images, images):
         (boxes, _), = detect_faces(model, [image], torch.device("cpu"))
         truth = entry["boxes"][0]
         if not len(boxes):
@@ -62,14 +60,17 @@ def main() -> None:
     parser.add_argument("--zoom-prob", type=float, default=SceneAugmentation.zoom_prob)
     args = parser.parse_args()
     val = FaceBoxes(f"{args.ann_root}/val.json", args.data_root)
-    report_sizes("val images", np.concatenate([relative_sides(val[i]) for i in range(len(val))]))
+    images = [val.read(index) for index in range(len(val))]  # read once, for the sizes and the detector
+    report_sizes("val images", np.concatenate([relative_sides(entry["boxes"], *image.shape[:2])
+                                               for entry, image in zip(val.images, images)]))
     scenes = FaceBoxes(f"{args.ann_root}/train.json", args.data_root,
                        SceneAugmentation(mosaic_prob=args.mosaic_prob, zoom_prob=args.zoom_prob))
-    sides = [relative_sides(scenes[(i, epoch)]) for i in range(0, len(scenes), 2) for epoch in range(2)]
+    items = (scenes[(i, epoch)] for i in range(0, len(scenes), 2) for epoch in range(2))
+    sides = [relative_sides(item["target"]["boxes"].numpy(), *item["image"].shape[1:]) for item in items]
     report_sizes(f"training scenes (--mosaic-prob {args.mosaic_prob} --zoom-prob {args.zoom_prob})",
                  np.concatenate(sides))
     if args.detector:
-        report_detector(args.detector, val)
+        report_detector(args.detector, val, images)
 
 
 if __name__ == "__main__":
