@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The frame loop once on the real dog video, with models that find its face; run from the repository root.
-# Args: the landmark checkpoint and the detector checkpoint. The video has no ground truth, so the
-# frames' filled-in landmarks are trained on as the model placed them (nothing corrected): this
-# measures that the loop runs end to end, and what uncorrected frames do to the real dogs' val score,
-# against the same fine-tuning without them.
+# Args: the landmark checkpoint, the detector checkpoint and the run folder (default work_dirs/dogloop).
+# The video has no ground truth, so the frames' filled-in landmarks are trained on as the model
+# placed them (nothing corrected): this measures that the loop runs end to end, and what
+# uncorrected frames do to the real dogs' val score, against the same fine-tuning without them.
 set -eu
 source .venv/bin/activate
 : "${VIDEOS:?set VIDEOS to the folder holding dog_vidtome.mp4 (docs/RESULTS.md)}"
 : "${DOGFLW_MINI:?set DOGFLW_MINI to the dogflw_mini folder (docs/RESULTS.md)}"
-L=$1; D=$2; W=work_dirs/dogloop; A=data/dogflw_mini/annotations
+L=$1; D=$2; W=${3:-work_dirs/dogloop}; A=data/dogflw_mini/annotations
 t() { local s=$(date +%s); "$@"; echo "[$(( $(date +%s) - s )) s: $*]"; }
 mkdir -p $W
 t python tools/extract_frames.py $VIDEOS/dog_vidtome.mp4 --checkpoint $L --detector $D --max-faces 1 \
