@@ -20,7 +20,6 @@ is in training.py, which the detector trainer (detector/train.py) shares.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -38,7 +37,7 @@ from basics.annotation_files import DEFAULT_ANN_ROOT, AnnotationFiles, prepare_a
 from basics.checkpoints import CHECKPOINT_FORMAT, LANDMARKS, read_checkpoint
 from basics.cli import CommandLineParser, bounded_int, multiple_of_32, number_type
 from basics.coco_files import merge_coco, read_meta_file, shared_images
-from basics.ema import WeightAverage, copy_tensors
+from basics.ema import copy_tensors
 from basics.errors import CheckpointError, DataError, reports_errors
 from basics.geometry import CropGeometry
 from basics.outputs import check_output_folder, check_writable, write_json
@@ -48,9 +47,9 @@ from basics.visualize import plot_training_curves
 from dataset import Augmentation, LandmarkDataset, collate_readable
 from inference import evaluate_loader
 from model import LandmarkModel, init_from_checkpoint
-from training import (EpochResult, RESUME_MAY_CHANGE as RUN_MAY_CHANGE, Run, StepResult, adopt_architecture,
-                      add_run_flags, begin_run, evaluation_loader, finish_epoch, loader_settings, optimise, parse_run,
-                      run_epochs, training_loader)
+from training import (EpochResult, RESUME_MAY_CHANGE as RUN_MAY_CHANGE, Run, StepResult, add_ema_flag,
+                      adopt_architecture, add_run_flags, begin_run, evaluation_loader, finish_epoch, loader_settings,
+                      optimise, parse_run, run_epochs, training_loader)
 
 AUGMENTATION_LIMITS = {"scale": (0, 0.9), "rotation": (0, 180), "shift": (0, 1), "flip_prob": (0, 1),
                        "color": (0, 0.9), "blur_prob": (0, 1), "noise_prob": (0, 1), "erase_prob": (0, 1)}
@@ -131,8 +130,7 @@ def add_model_flags(parser: CommandLineParser) -> None:
                      help="AdamW weight decay (not on norms, biases and the mirror offset)")
     opt.add_argument("--warmup-epochs", type=number_type(float, 0, 100_000), default=1.0,
                      help="linear warm-up before the cosine decay")
-    opt.add_argument("--ema-decay", type=number_type(float, 0, 1, high_open=True), default=0.999,
-                     help="EMA of weights for validation and best.pth; 0 turns it off")
+    add_ema_flag(opt)
 
 
 def build_parser() -> CommandLineParser:
@@ -312,30 +310,23 @@ def build_loaders(args: argparse.Namespace, train_set: LandmarkDataset, val_set:
 
 @dataclass
 class LandmarkRun(Run):
-    """A landmark run: the model and its EMA, the landmarks' metadata and loss weights, how crops
-    are cut, and the digest of each annotation file."""
+    """A landmark run: the landmarks' metadata and loss weights, how crops are cut, and the digest
+    of each annotation file."""
     meta: dict = field(default_factory=dict)
     keypoint_weights: torch.Tensor | None = None
     forward: Callable | None = None  # the model, wrapped by DDP and torch.compile where they are on
-    ema: LandmarkModel | None = None
     memory_format: torch.memory_format = torch.contiguous_format
     geometry: CropGeometry | None = None
     annotations: dict[str, str] = field(default_factory=dict)
-    average: WeightAverage | None = field(init=False)
     buffers: list[torch.Tensor] = field(init=False)
     buffers_before_step: list[torch.Tensor] = field(init=False)
     BEST_KEY: ClassVar[str] = "best_nme"
 
     def __post_init__(self):
         super().__post_init__()
-        self.average = WeightAverage(self.ema, self.model) if self.ema is not None else None
         # a skipped step must not leave its forward pass in the BatchNorm statistics either
         self.buffers = list(self.model.buffers())
         self.buffers_before_step = [b.clone() for b in self.buffers]
-
-    @property
-    def eval_model(self) -> LandmarkModel:
-        return self.ema if self.ema is not None else self.model
 
     def inference_state(self, epoch: int) -> dict:
         """best.pth (checkpoints.py): the inference model, its crops and metadata, and where the
@@ -346,14 +337,6 @@ class LandmarkRun(Run):
             "epoch": epoch, "best_nme": self.best, "metrics": self.metrics, "args": vars(self.args),
             "annotations": self.annotations,
         }
-
-    def weights_state(self) -> dict:
-        return {"train_model": self.model.state_dict()}
-
-    def restore_weights(self, checkpoint: dict) -> None:
-        self.model.load_state_dict(checkpoint["train_model"])
-        if self.ema is not None:
-            self.ema.load_state_dict(checkpoint["model"])
 
 
 def create_model(args: argparse.Namespace, num_keypoints: int, checkpoint: dict | None) -> LandmarkModel:
@@ -380,16 +363,17 @@ def build_run(args: argparse.Namespace, model: LandmarkModel, meta: dict, keypoi
     the gradient scaler; crops cut by `geometry` (by default the flags')."""
     model.codec.log_beta.requires_grad_(args.coord_loss_weight > 0)  # only the coordinate loss trains beta
     memory_format = place_model(model, device)
-    ema = copy.deepcopy(model).requires_grad_(False) if args.ema_decay > 0 else None
-    forward = model if world_size == 1 else DistributedDataParallel(
+    run = LandmarkRun.create(args, device, model, build_optimizer(model, args),
+                             round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch, rank,
+                             world_size, meta=meta, keypoint_weights=keypoint_weights.to(device),
+                             memory_format=memory_format,
+                             geometry=geometry or CropGeometry(args.input_size, args.box_padding))
+    # wrapped after Run.create has copied the bare model into the EMA
+    run.forward = model if world_size == 1 else DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
-        forward = torch.compile(forward)
-    return LandmarkRun.create(args, device, model, build_optimizer(model, args),
-                              round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch, rank,
-                              world_size, meta=meta, keypoint_weights=keypoint_weights.to(device), forward=forward,
-                              ema=ema, memory_format=memory_format,
-                              geometry=geometry or CropGeometry(args.input_size, args.box_padding))
+        run.forward = torch.compile(run.forward)
+    return run
 
 
 def train_step(run: LandmarkRun, batch: dict, stop_requested: bool = False) -> StepResult | None:
@@ -409,10 +393,9 @@ def train_step(run: LandmarkRun, batch: dict, stop_requested: bool = False) -> S
     loss, parts = run.model.codec.loss(logits, keypoints, mirrored, run.args.heatmap_loss_weight,
                                        run.args.coord_loss_weight, run.keypoint_weights, labelled)
     result = optimise(run, loss, parts, stop_requested)
-    if result.finite and run.average is not None:
-        step = run.scheduler.last_epoch + 1  # batches of the run so far, this one included
-        run.average.update(min(run.args.ema_decay, (1 + step) / (10 + step)))
-    elif not result.finite:
+    if result.finite:
+        run.update_average()
+    else:
         copy_tensors(run.buffers, run.buffers_before_step)
     return result
 

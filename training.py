@@ -2,13 +2,14 @@
 
 train_simple.py (landmarks) and detector/train.py (face boxes) each supply what is their
 own: data, model, the forward pass and loss of a step, and validation. The rest lives here, once:
-- the run flags both take (`add_run_flags`), --resume's settings and checkpoint (`parse_run`) and
-  --init-from's architecture (`adopt_architecture`);
+- the run flags both take (`add_run_flags`, `add_ema_flag`), --resume's settings and checkpoint
+  (`parse_run`) and --init-from's architecture (`adopt_architecture`);
 - the start of every set-up: checkpoint, seed, device, and the run folder, never another run's
   (`begin_run`, `run_folder`);
 - the loaders' settings, the training loader and the evaluation loader;
 - mixed precision (`autocast_dtype`), the warm-up + cosine schedule (`warmup_cosine`);
-- `Run`, the state every run holds (`Run.create`), and what last.pth keeps of it and restores;
+- `Run`, the state every run holds (`Run.create`), the EMA of its weights, and what last.pth
+  keeps of it and restores;
 - `optimise`: backward, the gradient norm, the one host sync, and the step only when finite;
 - `train_epoch` with the non-finite-step guard and the unreadable-image bound, `finish_epoch`
   (metrics.jsonl line, last.pth, best.pth), and `run_epochs`, the loop with the stop and halt
@@ -17,6 +18,7 @@ own: data, model, the forward pass and loss of a step, and validation. The rest 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import time
@@ -29,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from basics.checkpoints import CONFIG_KEYS, TRAINING_STATE_KEYS, read_checkpoint, save_checkpoint
-from basics.cli import bounded_int, fraction
+from basics.cli import bounded_int, fraction, number_type
+from basics.ema import WeightAverage
 from basics.errors import CheckpointError, Interrupted, RunFinished, TrainingStopped, UsageError, UserFacingError
 from basics.run_utils import (MetricsLog, StopRequest, broadcast_from_rank0, choose_work_dir, given_flags,
                               ignore_ctrl_c, pick_device, resumed_settings, seed_everything, setup_distributed,
@@ -43,6 +46,12 @@ COST_AFTER_STEPS = 20  # a run says what it will cost after this many steps
 RESUME_MAY_CHANGE = ("resume", "epochs", "work_dir", "data_root", "ann_root", "device", "num_workers",
                      "max_nonfinite_steps", "max_unreadable", "channel")
 PROGRESS_EVERY = 20  # steps between progress lines when stderr is no terminal (a SageMaker job's CloudWatch log)
+
+
+def add_ema_flag(group: argparse._ArgumentGroup) -> None:
+    """--ema-decay, the same in both trainers: Run.create keeps the EMA it asks for."""
+    group.add_argument("--ema-decay", type=number_type(float, 0, 1, high_open=True), default=0.999,
+                       help="EMA of weights for validation and best.pth; 0 turns it off")
 
 
 def add_run_flags(group: argparse._ArgumentGroup, default_work_dir: str, workers: int) -> None:
@@ -204,9 +213,9 @@ def gradient_scaler(amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
 
 @dataclass
 class Run:
-    """What every run holds: its settings, device, the module being trained, the optimiser with
-    its schedule and scaler, and where it stands. A trainer subclasses it for its own model
-    state (`inference_state`, `weights_state`, `restore_weights`)."""
+    """What every run holds: its settings, device, the module being trained and the EMA of its
+    weights (`--ema-decay`), the optimiser with its schedule and scaler, and where it stands. A
+    trainer subclasses it for its own inference state (`inference_state`)."""
     args: argparse.Namespace
     device: torch.device
     model: torch.nn.Module
@@ -221,21 +230,27 @@ class Run:
     bad_steps: int = 0  # non-finite steps in a row
     total_steps: int = 0  # of the whole run, for the estimate of its cost
     cost_told: bool = False
+    ema: torch.nn.Module | None = None  # the weights validated and saved as the model, without --ema-decay 0
+    average: WeightAverage | None = field(init=False)
     BEST_KEY: ClassVar[str] = "best"  # the checkpoint entry of the best validation score
     LOWER_IS_BETTER: ClassVar[bool] = True
 
     def __post_init__(self):
         self.best = math.inf if self.LOWER_IS_BETTER else -math.inf
+        self.average = WeightAverage(self.ema, self.model) if self.ema is not None else None
 
     @classmethod
     def create(cls, args: argparse.Namespace, device: torch.device, model: torch.nn.Module,
                optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, rank: int = 0,
                world_size: int = 1, **own) -> Run:
         """A new run of `model` and `optimizer` on the warm-up + cosine schedule, in the device's mixed
-        precision (with a gradient scaler for fp16); `own` are the trainer's fields of its subclass."""
+        precision (with a gradient scaler for fp16), with an EMA copy of `model` unless --ema-decay
+        is 0; `own` are the trainer's fields of its subclass."""
         amp_dtype = autocast_dtype(device)
+        ema = copy.deepcopy(model).requires_grad_(False) if args.ema_decay > 0 else None
         return cls(args, device, model, optimizer, schedule(optimizer, warmup_steps, total_steps),
-                   gradient_scaler(amp_dtype), amp_dtype, rank, world_size, total_steps=total_steps, **own)
+                   gradient_scaler(amp_dtype), amp_dtype, rank, world_size, total_steps=total_steps, ema=ema,
+                   **own)
 
     @property
     def is_main(self) -> bool:
@@ -253,6 +268,18 @@ class Run:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                               enabled=self.amp_dtype is not None)
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights to validate and save as the model: the EMA's, or the trained ones without it."""
+        return self.ema if self.ema is not None else self.model
+
+    def update_average(self) -> None:
+        """The EMA's step after a finite optimiser step; its decay ramps up over the first steps
+        ((1 + step) / (10 + step)), so the first weights, far from trained, fade quickly."""
+        if self.average is not None:
+            step = self.scheduler.last_epoch + 1  # batches of the run so far, this one included
+            self.average.update(min(self.args.ema_decay, (1 + step) / (10 + step)))
+
     def improves(self, score: float) -> bool:
         return score < self.best if self.LOWER_IS_BETTER else score > self.best
 
@@ -261,11 +288,15 @@ class Run:
         raise NotImplementedError
 
     def weights_state(self) -> dict:
-        """Training weights last.pth holds besides the inference state (none by default)."""
-        return {}
+        """The trained weights, which last.pth holds besides the inference state's (EMA) weights."""
+        return {"train_model": self.model.state_dict()}
 
     def restore_weights(self, checkpoint: dict) -> None:
-        raise NotImplementedError
+        """The trained weights and the EMA's; a checkpoint of a run without an EMA has one set,
+        "model" (detector runs made before the detector had an EMA)."""
+        self.model.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))
+        if self.ema is not None:
+            self.ema.load_state_dict(checkpoint["model"])
 
     def training_state(self, epoch: int, next_batch: int = 0) -> dict:
         """last.pth: the inference state and everything a resume needs. `epoch` is the last finished

@@ -7,12 +7,12 @@
     python tools/train_detector.py --resume work_dirs/detector/last.pth
 
 The run folder gets last.pth and best.pth (highest box AP@[.5:.95] on the validation file),
-each holding the detector config and weights that tools/predict.py --detector and
-evaluate.py --detector need, and metrics.jsonl with the loss, AP@0.5, AP@[.5:.95] and AP and
-recall by face size (COCO's definitions, by pycocotools) of every epoch. Training images are
-composed into scenes with several faces, faces of every size and no face at all
-(face_boxes.SceneAugmentation). The run itself (flags, folder, resume, schedule, the epoch loop
-and its stop protocol) is training.py's, shared with train_simple.py.
+each holding the detector config and the weights (the EMA of the trained ones) that
+tools/predict.py --detector and evaluate.py --detector need, and metrics.jsonl with the loss,
+AP@0.5, AP@[.5:.95] and AP and recall by face size (COCO's definitions, by pycocotools) of every
+epoch. Training images are composed into scenes with several faces, faces of every size and no
+face at all (detector.scenes.SceneAugmentation). The run itself (flags, folder, resume, schedule,
+EMA, the epoch loop and its stop protocol) is training.py's, shared with train_simple.py.
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ from basics.errors import CheckpointError, DataError, reports_errors
 from basics.outputs import check_writable
 from detector.model import DETECTORS, box_average_precision, create_detector, detections
 from detector.scenes import FaceBoxes, SceneAugmentation, collate_images
-from training import (EpochResult, RESUME_MAY_CHANGE, Run, StepResult, adopt_architecture, add_run_flags, begin_run,
-                      evaluation_loader, finish_epoch, loader_settings, optimise, parse_run, run_epochs,
-                      training_loader)
+from training import (EpochResult, RESUME_MAY_CHANGE, Run, StepResult, add_ema_flag, add_run_flags,
+                      adopt_architecture, begin_run, evaluation_loader, finish_epoch, loader_settings, optimise,
+                      parse_run, run_epochs, training_loader)
 
 MAX_GRAD_NORM = 10.0  # early FCOS losses spike
 SCENE_HELP = {"mosaic_prob": "2 to 4 training images tiled into one canvas",
@@ -75,6 +75,7 @@ def build_parser() -> CommandLineParser:
     opt.add_argument("--lr", type=number_type(float, 0, 10, low_open=True), default=2e-3, help="peak AdamW learning "
                      "rate")
     opt.add_argument("--weight-decay", type=number_type(float, 0, 10), default=1e-4, help="AdamW weight decay")
+    add_ema_flag(opt)
     add_run_flags(parser.add_argument_group("run"), "work_dirs/detector_<model>", min(8, os.cpu_count() or 1))
     return parser
 
@@ -100,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @dataclass
 class DetectorRun(Run):
-    """A detector run: the model is the inference model too (no EMA)."""
+    """A detector run: best.pth holds what prediction needs to rebuild the detector."""
     BEST_KEY: ClassVar[str] = "best_ap"
     LOWER_IS_BETTER: ClassVar[bool] = False
 
@@ -109,11 +110,8 @@ class DetectorRun(Run):
         config = {"name": self.args.model, "pretrained": not self.args.no_pretrained,
                   "min_size": self.args.min_size, "max_size": self.args.max_size}
         return {"format": CHECKPOINT_FORMAT, "kind": DETECTOR, "detector_config": config,
-                "model": self.model.state_dict(), "epoch": epoch, "best_ap": self.best, "metrics": self.metrics,
+                "model": self.eval_model.state_dict(), "epoch": epoch, "best_ap": self.best, "metrics": self.metrics,
                 "args": vars(self.args)}
-
-    def restore_weights(self, checkpoint: dict) -> None:
-        self.model.load_state_dict(checkpoint["model"])
 
 
 @dataclass
@@ -170,25 +168,28 @@ def set_up(args: argparse.Namespace, checkpoint: dict | None) -> tuple[DetectorR
 
 
 def train_step(run: DetectorRun, batch: dict, stop_requested: bool = False) -> StepResult | None:
-    """One AdamW step on a batch of images and their boxes (training.optimise, gradient clipped);
-    None for a batch of which no image could be read."""
+    """One AdamW step on a batch of images and their boxes (training.optimise, gradient clipped),
+    then the EMA's; None for a batch of which no image could be read."""
     if not batch["images"]:
         return None
     images = [image.to(run.device, non_blocking=True) for image in batch["images"]]
     targets = [{k: v.to(run.device, non_blocking=True) for k, v in t.items()} for t in batch["targets"]]
     with run.autocast():
         loss = sum(run.model(images, targets).values())
-    return optimise(run, loss, {}, stop_requested, MAX_GRAD_NORM)
+    result = optimise(run, loss, {}, stop_requested, MAX_GRAD_NORM)
+    if result.finite:
+        run.update_average()
+    return result
 
 
 @torch.no_grad()
 def validate(run: DetectorRun, data: DetectorData, epoch: int, trained: EpochResult, started: float) -> None:
-    """Box AP on the validation file (every detection the model keeps), then training.finish_epoch."""
-    run.model.eval()
+    """Box AP on the validation file (every detection the EMA model keeps), then training.finish_epoch."""
+    model = run.eval_model.eval()
     ids, boxes, scores, unreadable = [], [], [], []
     for batch in data.val_loader:
         unreadable += batch["unreadable"]
-        found = detections(run.model([image.to(run.device) for image in batch["images"]])) if batch["images"] else []
+        found = detections(model([image.to(run.device) for image in batch["images"]])) if batch["images"] else []
         for index, (image_boxes, image_scores) in zip(batch["indices"], found):
             ids.append(data.val_set.images[index]["id"])
             boxes.append(image_boxes)

@@ -59,8 +59,34 @@ def test_ctrl_c_mid_epoch_then_resume_gives_the_weights_of_the_run_nothing_inter
     assert train_detector.main(["--resume", str(halted / "last.pth")]) == 0
     resumed, uninterrupted = (torch.load(d / "last.pth", weights_only=True) for d in (halted, whole))
     assert resumed["epoch"] == uninterrupted["epoch"] == 2
-    different = [k for k in uninterrupted["model"] if not torch.equal(resumed["model"][k], uninterrupted["model"][k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[0]}"
+    for key in ("model", "train_model"):  # the EMA and the trained weights
+        different = [k for k in uninterrupted[key] if not torch.equal(resumed[key][k], uninterrupted[key][k])]
+        assert not different, f"{key}: {len(different)} tensors differ, e.g. {different[0]}"
+
+
+def test_the_saved_detector_is_the_ema_of_the_trained_weights_unless_ema_decay_is_0(tiny_run, tiny_detector,
+                                                                                   tmp_path):
+    last = torch.load(tiny_detector.parent / "last.pth", weights_only=True)
+    best = torch.load(tiny_detector, weights_only=True)
+    trained = [k for k, v in last["train_model"].items() if v.is_floating_point() and "running" not in k]
+    assert any(not torch.equal(last["model"][k], last["train_model"][k]) for k in trained)
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])  # one epoch: best is last
+    plain = tmp_path / "plain"
+    assert train_detector.main(["--ann-root", str(tiny_run["ann"]), *DETECTOR_RUN, "--epochs", "1", "--ema-decay",
+                                "0", "--work-dir", str(plain)]) == 0
+    last = torch.load(plain / "last.pth", weights_only=True)
+    assert all(torch.equal(last["model"][k], last["train_model"][k]) for k in last["model"])
+
+
+def test_a_detector_run_saved_before_it_had_an_ema_resumes_from_its_one_set_of_weights(tiny_detector, tmp_path):
+    old = torch.load(tiny_detector.parent / "last.pth", weights_only=False)
+    del old["train_model"]
+    del old["args"]["ema_decay"]
+    (tmp_path / "old").mkdir()
+    torch.save(old, tmp_path / "old" / "last.pth")
+    assert train_detector.main(["--resume", str(tmp_path / "old" / "last.pth"), "--epochs", "2"]) == 0
+    resumed = torch.load(tmp_path / "old" / "last.pth", weights_only=True)
+    assert resumed["epoch"] == 2 and resumed["train_model"].keys() == old["model"].keys()
 
 
 def test_resume_into_a_folder_holding_another_detector_run_is_refused(tiny_run, tiny_detector, tmp_path, capsys):
