@@ -9,8 +9,9 @@ A landmark checkpoint (`kind` "landmarks", written by train_simple.py) is a dict
 - `epoch`, `best_nme`, `metrics` (the last validation) and `args` (the training arguments);
 - for resuming: `train_model`, `optimizer`, `scheduler`, `scaler`, `next_batch`, `torch_rng`, `cuda_rng`.
 A face-detector checkpoint (`kind` "face detector", written by tools/train_detector.py) holds
-`detector_config` (detector.create_detector's arguments) and `model` instead, the same run
-entries and, in last.pth, the same training state.
+`detector_config` (detector.create_detector's arguments) and `model` (the EMA) instead, the
+same run entries and, in last.pth, the same training state (no `train_model` in runs made before
+the detector had an EMA: their one `model` is both).
 Files of format 1 (before `format` existed: input size in model_config, box padding only in the
 arguments, the codec's parameters at the top of the state dict) are upgraded when read.
 """
