@@ -48,8 +48,8 @@ from dataset import Augmentation, LandmarkDataset, collate_readable
 from inference import evaluate_loader
 from model import LandmarkModel, init_from_checkpoint
 from training import (EpochResult, RESUME_MAY_CHANGE as RUN_MAY_CHANGE, Run, StepResult, add_ema_flag,
-                      adopt_architecture, add_run_flags, begin_run, evaluation_loader, finish_epoch, loader_settings,
-                      optimise, parse_run, run_epochs, training_loader)
+                      adopt_architecture, add_run_flags, begin_run, checkpoint_bytes, evaluation_loader, finish_epoch,
+                      loader_settings, optimise, parse_run, run_epochs, training_loader)
 
 AUGMENTATION_LIMITS = {"scale": (0, 0.9), "rotation": (0, 180), "shift": (0, 1), "flip_prob": (0, 1),
                        "color": (0, 0.9), "blur_prob": (0, 1), "noise_prob": (0, 1), "erase_prob": (0, 1)}
@@ -209,13 +209,6 @@ def build_optimizer(model: LandmarkModel, args: argparse.Namespace) -> torch.opt
     groups = model.parameter_groups(args.lr, args.weight_decay, args.lr * (args.backbone_lr_mult if trained else 1.0))
     # on CUDA the fused kernel updates every tensor at once instead of a few kernels per tensor
     return torch.optim.AdamW(groups, fused=next(model.parameters()).is_cuda or None)
-
-
-def checkpoint_bytes(model: LandmarkModel) -> int:
-    """Disk needed by last.pth, best.pth and a temporary copy: each holds the weights four times
-    (inference EMA, training weights, two AdamW moments)."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return 3 * 4 * sum(t.numel() * t.element_size() for t in tensors)
 
 
 @dataclass

@@ -54,6 +54,13 @@ def add_ema_flag(group: argparse._ArgumentGroup) -> None:
                        help="EMA of weights for validation and best.pth; 0 turns it off")
 
 
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """Disk needed by last.pth, best.pth and a temporary copy: each holds the weights four times
+    (inference EMA, training weights, two AdamW moments)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return 3 * 4 * sum(t.numel() * t.element_size() for t in tensors)
+
+
 def add_run_flags(group: argparse._ArgumentGroup, default_work_dir: str, workers: int) -> None:
     """The flags of where and how a run goes, the same in both trainers."""
     group.add_argument("--work-dir", help=f"run folder (default: {default_work_dir}, or -2, -3, ... when that holds "

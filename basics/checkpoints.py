@@ -11,7 +11,7 @@ A landmark checkpoint (`kind` "landmarks", written by train_simple.py) is a dict
 A face-detector checkpoint (`kind` "face detector", written by tools/train_detector.py) holds
 `detector_config` (detector.create_detector's arguments) and `model` (the EMA) instead, the
 same run entries and, in last.pth, the same training state (no `train_model` in runs made before
-the detector had an EMA: their one `model` is both).
+the detector had an EMA: their one `model` is both, and resumed they keep an EMA from there).
 Files of format 1 (before `format` existed: input size in model_config, box padding only in the
 arguments, the codec's parameters at the top of the state dict) are upgraded when read.
 """

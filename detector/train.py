@@ -33,8 +33,8 @@ from basics.outputs import check_writable
 from detector.model import DETECTORS, box_average_precision, create_detector, detections
 from detector.scenes import FaceBoxes, SceneAugmentation, collate_images
 from training import (EpochResult, RESUME_MAY_CHANGE, Run, StepResult, add_ema_flag, add_run_flags,
-                      adopt_architecture, begin_run, evaluation_loader, finish_epoch, loader_settings, optimise,
-                      parse_run, run_epochs, training_loader)
+                      adopt_architecture, begin_run, checkpoint_bytes, evaluation_loader, finish_epoch,
+                      loader_settings, optimise, parse_run, run_epochs, training_loader)
 
 MAX_GRAD_NORM = 10.0  # early FCOS losses spike
 SCENE_HELP = {"mosaic_prob": "2 to 4 training images tiled into one canvas",
@@ -156,7 +156,7 @@ def set_up(args: argparse.Namespace, checkpoint: dict | None) -> tuple[DetectorR
     checkpoint, _, _, device = begin_run(args, checkpoint, DETECTOR, f"work_dirs/detector_{args.model}")
     data = build_loaders(args, device)
     model = create_model(args, checkpoint).to(device)
-    check_writable(Path(args.work_dir), 8 * sum(p.numel() * p.element_size() for p in model.parameters()))
+    check_writable(Path(args.work_dir), checkpoint_bytes(model))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                   weight_decay=args.weight_decay)
     steps = data.train_loader.sampler.batches_per_epoch

@@ -1,7 +1,9 @@
 """training.py, the skeleton every run shares: the warm-up + cosine schedule; a run stopped by
 Ctrl-C or killed resumes to the weights of the run nothing interrupted; non-finite
 steps and unreadable images are skipped and bounded; --resume continues a run with its own
-settings; a run folder never receives another run. The landmark trainer drives it here."""
+settings; a run folder never receives another run; the EMA steps towards the trained weights.
+The landmark trainer drives it here."""
+import argparse
 import json
 import re
 import signal
@@ -18,6 +20,29 @@ from basics.codec import HeatmapCodec
 from basics.dogflw import convert
 from conftest import (BROKEN_CHECKPOINTS, SIGNAL_AT_STEP, SMALL_META, SMALL_RUN, make_faces, run_cli, toy_args,
                       write_broken_checkpoint)
+
+
+def test_the_ema_steps_towards_the_trained_weights_and_both_come_back_from_a_checkpoint():
+    model = torch.nn.Linear(3, 2)
+    run = training.Run.create(argparse.Namespace(ema_decay=0.5), torch.device("cpu"), model,
+                              torch.optim.SGD(model.parameters(), lr=0.1), 0, 10)
+    start = model.weight.detach().clone()
+    assert run.eval_model is run.ema and torch.equal(run.ema.weight, start)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    run.update_average()  # the first step: decay min(0.5, 2 / 11), the ramp's
+    assert torch.allclose(run.ema.weight, start + 1 - 2 / 11)
+    run.scheduler.last_epoch = 99  # far into the run: the flag's decay
+    run.update_average()
+    assert torch.allclose(run.ema.weight, start + 1 - 2 / 11 * 0.5)
+    ema, trained = ({k: torch.full_like(v, value) for k, v in model.state_dict().items()} for value in (3.0, 4.0))
+    run.restore_weights({"model": ema, "train_model": trained})
+    assert (run.ema.weight == 3).all() and (model.weight == 4).all()
+    run.restore_weights({"model": ema})  # a run saved before its trainer had an EMA: one set, both start from it
+    assert (run.ema.weight == 3).all() and (model.weight == 3).all()
+    plain = training.Run.create(argparse.Namespace(ema_decay=0), torch.device("cpu"), model,
+                                torch.optim.SGD(model.parameters(), lr=0.1), 0, 10)
+    assert plain.ema is None and plain.eval_model is model
 
 
 def test_warmup_cosine_rises_linearly_then_decays_to_one_percent():
